@@ -1,0 +1,143 @@
+"""The `embench` command line. Errors are one clear line on stderr, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from embench.config import ALL_VARIANTS, load_config
+from embench.errors import ConfigError, EmbenchError
+
+stdout = Console()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"embench: config error: {exc}", file=sys.stderr)
+        return 2
+    except EmbenchError as exc:
+        print(f"embench: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("embench: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embench", description=__doc__)
+    parser.add_argument("--config-dir", type=Path, help="folder with models.yaml, benchmark.yaml")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    prepare = commands.add_parser(
+        "prepare", help="export, optimize and quantize a model; check parity; cache the result"
+    )
+    prepare.add_argument("--model", required=True, help="model id from models.yaml")
+    prepare.add_argument(
+        "--variant",
+        type=_variant_list,
+        help=f"comma-separated, from {','.join(ALL_VARIANTS)} (default: the model's list)",
+    )
+    prepare.add_argument("--cache-dir", type=Path, help="artifact cache (default: data dir)")
+    prepare.add_argument("--force", action="store_true", help="rebuild even when cached")
+    prepare.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    prepare.set_defaults(handler=_cmd_prepare)
+
+    check = commands.add_parser("check-config", help="validate models.yaml and benchmark.yaml")
+    check.add_argument("--json", action="store_true", help="print JSON instead of text")
+    check.set_defaults(handler=_cmd_check_config)
+    return parser
+
+
+def _variant_list(value: str) -> list[str]:
+    variants = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in ALL_VARIANTS]
+    if unknown or not variants:
+        raise argparse.ArgumentTypeError(
+            f"unknown variant {unknown[0] if unknown else value!r}; "
+            f"expected a comma-separated list from: {', '.join(ALL_VARIANTS)}"
+        )
+    return variants
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from embench.prepare import prepare_model  # keeps `embench --help` fast
+
+    config = load_config(args.config_dir)
+    prepared = prepare_model(
+        config, args.model, args.variant, cache_root=args.cache_dir, force=args.force
+    )
+    rows = [
+        {
+            "model": p.model_id,
+            "variant": p.variant,
+            "cache": "hit" if p.cache_hit else "built",
+            "cache_hit": p.cache_hit,
+            "seconds": round(p.seconds, 3),
+            "path": str(p.directory),
+            "manifest_sha256": p.manifest_sha256,
+            "onnx_size_bytes": p.manifest.onnx_size_bytes,
+            "parity": p.manifest.parity.model_dump(),
+        }
+        for p in prepared
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = Table(title=f"{args.model}: prepared variants (cosine vs PyTorch reference)")
+    for column in ("variant", "cache", "mean cos", "min cos", "gate mean/min", "MB", "s"):
+        table.add_column(column, no_wrap=True)
+    for row in rows:
+        parity = row["parity"]
+        table.add_row(
+            row["variant"],
+            row["cache"],
+            f"{parity['mean_cosine']:.6f}",
+            f"{parity['min_cosine']:.6f}",
+            f"{parity['gate_mean']}/{parity['gate_min']}",
+            f"{row['onnx_size_bytes'] / 1e6:.1f}",
+            f"{row['seconds']:.2f}",
+        )
+    stdout.print(table)
+    for row in rows:
+        stdout.print(f"{row['variant']}: {row['path']}", highlight=False, soft_wrap=True)
+    return 0
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config_dir)
+    summary = {
+        "config_dir": str(config.config_dir),
+        "models": {mid: list(m.variants) for mid, m in config.models.items()},
+        "benchmark_models": config.benchmark.models,
+        "scenarios": [s.name for s in config.benchmark.scenarios],
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        stdout.print(f"config OK: {config.config_dir}", highlight=False)
+        for model_id, variants in summary["models"].items():
+            stdout.print(f"  model {model_id}: {', '.join(variants)}", highlight=False)
+        stdout.print(f"  scenarios: {', '.join(summary['scenarios'])}", highlight=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Configuration: the typed schema and the YAML loader."""
+
+from embench.config.loader import AppConfig, default_config_dir, load_config, load_yaml_file
+from embench.config.schema import (
+    ALL_VARIANTS,
+    BenchmarkFile,
+    ModelConfig,
+    ModelsFile,
+    ScenarioConfig,
+    Variant,
+)
+
+__all__ = [
+    "ALL_VARIANTS",
+    "AppConfig",
+    "BenchmarkFile",
+    "ModelConfig",
+    "ModelsFile",
+    "ScenarioConfig",
+    "Variant",
+    "default_config_dir",
+    "load_config",
+    "load_yaml_file",
+]

