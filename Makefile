@@ -2,6 +2,9 @@
 # make run:   the main job
 # make test:  the test suite
 SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+# pip here is configured with local extra indexes that may not exist; their warnings are noise.
+PIP_NOISE := ^WARNING: Location 'file://
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -16,8 +19,9 @@ setup: $(STAMP)
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
-		-r requirements.txt -r requirements-dev.txt
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+		-r requirements.txt -r requirements-dev.txt 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e . \
+		2>&1 | { grep -v "$(PIP_NOISE)" || true; }
 	@touch $@
 
 run: setup
