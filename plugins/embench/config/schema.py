@@ -174,6 +174,28 @@ class ServerConfig(StrictModel):
     limits: ServerLimits = ServerLimits()
 
 
+class RegressionConfig(StrictModel):
+    """How a new result is judged against the history of its comparability key."""
+
+    metrics: Annotated[list[str], Field(min_length=1)] = ["qps", "p50_ms", "p99_ms"]
+    lookback: Annotated[int, Field(ge=3)] = 20  # most recent comparable nights used
+    min_history: Annotated[int, Field(ge=2)] = 5  # fewer -> "no baseline"
+    z_threshold: PositiveFloat = 5.0  # robust z-score that is a verdict on its own...
+    confirm_z: PositiveFloat = 3.0  # ...or that two nights in a row reach, the same way
+    min_relative_change: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    on_regression: Literal["warn", "fail"] = "warn"
+
+    @model_validator(mode="after")
+    def _history_fits_lookback(self) -> RegressionConfig:
+        if self.confirm_z > self.z_threshold:
+            raise ValueError(
+                f"confirm_z ({self.confirm_z}) exceeds z_threshold ({self.z_threshold})"
+            )
+        if self.min_history > self.lookback:
+            raise ValueError(f"min_history ({self.min_history}) exceeds lookback ({self.lookback})")
+        return self
+
+
 class BenchmarkFile(StrictModel):
     schedule: str = "0 2 * * *"
     models: Annotated[list[Identifier], Field(min_length=1)]
@@ -182,6 +204,7 @@ class BenchmarkFile(StrictModel):
     warmup: WarmupConfig = WarmupConfig()
     stability: StabilityConfig = StabilityConfig()
     server: ServerConfig = ServerConfig()
+    regression: RegressionConfig = RegressionConfig()
     scenarios: Annotated[list[ScenarioConfig], Field(min_length=1)]
 
     @field_validator("scenarios")
