@@ -63,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate models.yaml and benchmark.yaml")
     check.add_argument("--json", action="store_true", help="print JSON instead of text")
     check.set_defaults(handler=_cmd_check_config)
+
+    from embench.store.commands import add_store_commands  # ingest, history, compare, ...
+
+    add_store_commands(commands)
     return parser
 
 

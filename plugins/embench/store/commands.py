@@ -1,0 +1,244 @@
+"""The store's `embench` subcommands: ingest, history, compare, runs, latest, export. Each is
+a thin wrapper over embench.store.queries; `--json` prints what the library returns."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.engine import Engine
+
+from embench.errors import EmbenchError
+
+stdout = Console()
+
+
+def add_store_commands(commands: Any) -> None:
+    """Register the store subcommands on the `embench` subparsers object."""
+    ingest = commands.add_parser("ingest", help="store result JSON files (idempotent)")
+    ingest.add_argument("paths", nargs="+", type=Path, help="result files or folders of them")
+    ingest.add_argument("--no-detect", action="store_true", help="store without judging")
+    _common(ingest)
+    ingest.set_defaults(handler=cmd_ingest)
+
+    history = commands.add_parser("history", help="a metric over time")
+    history.add_argument("--model", required=True)
+    history.add_argument("--variant")
+    history.add_argument("--scenario")
+    history.add_argument("--runtime")
+    history.add_argument("--key", help="restrict to one comparability key")
+    history.add_argument("--metric", default="p99_ms")
+    history.add_argument("--since", type=_date, help="ISO date or time (UTC)")
+    history.add_argument("--until", type=_date)
+    history.add_argument("--limit", type=int, help="the newest N points")
+    _common(history)
+    history.set_defaults(handler=cmd_history)
+
+    compare = commands.add_parser("compare", help="two runs side by side with deltas")
+    compare.add_argument("run_a", help="ingest key, run_id or run number")
+    compare.add_argument("run_b")
+    _common(compare)
+    compare.set_defaults(handler=cmd_compare)
+
+    runs = commands.add_parser("runs", help="list stored runs")
+    _filters(runs)
+    runs.add_argument("--limit", type=int, default=50)
+    _common(runs)
+    runs.set_defaults(handler=cmd_runs)
+
+    latest = commands.add_parser("latest", help="comparison table of the newest runs")
+    latest.add_argument("--model")
+    _common(latest)
+    latest.set_defaults(handler=cmd_latest)
+
+    export = commands.add_parser("export", help="scenario results as CSV")
+    _filters(export)
+    export.add_argument("--output", "-o", type=Path, help="CSV file (default: stdout)")
+    _common(export)
+    export.set_defaults(handler=cmd_export)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db-url", help="results database (default: EMBENCH_DB_URL or SQLite)")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model")
+    parser.add_argument("--variant")
+    parser.add_argument("--runtime")
+    parser.add_argument("--status", choices=["complete", "incomplete", "failed"])
+    parser.add_argument("--since", type=_date, help="ISO date or time (UTC)")
+    parser.add_argument("--until", type=_date)
+
+
+def _date(value: str) -> datetime:
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO date or time: {value!r}") from exc
+
+
+def _engine(args: argparse.Namespace) -> Engine:
+    from embench.store.db import make_engine, upgrade_to_head
+
+    engine = make_engine(args.db_url)
+    upgrade_to_head(engine)
+    return engine
+
+
+def _run_filter(args: argparse.Namespace) -> Any:
+    from embench.store.queries import RunFilter
+
+    return RunFilter(args.model, args.variant, args.runtime, args.status, args.since, args.until)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, no_wrap=True)
+    for row in rows:
+        table.add_row(*(_fmt(row.get(c)) for c in columns))
+    stdout.print(table)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from embench.config import load_config
+    from embench.store.detect import settings_from_config
+    from embench.store.ingest import ingest_paths
+
+    detector, metrics, on_regression = None, [], "warn"
+    if not args.no_detect:
+        regression = load_config(args.config_dir).benchmark.regression
+        detector, metrics = settings_from_config(regression), regression.metrics
+        on_regression = regression.on_regression
+    reports = ingest_paths(_engine(args), args.paths, detector=detector, metrics=metrics)
+    regressed = [v for r in reports for v in r.regressed]
+    if args.json:
+        _print_json([r.to_dict() for r in reports])
+    else:
+        for r in reports:
+            action = "replaced" if r.replaced else "stored"
+            stdout.print(
+                f"{action} {r.ingest_key}: {r.scenarios} scenario(s) from {r.source_path}",
+                highlight=False,
+            )
+        for v in regressed:
+            stdout.print(f"REGRESSED {v['metric']} {v['reason']}", highlight=False)
+    if regressed and on_regression == "fail":
+        print(f"embench: {len(regressed)} regression(s)", file=sys.stderr)
+        return 3
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from embench.store.db import session_scope
+    from embench.store.queries import metric_history
+
+    with session_scope(_engine(args)) as session:
+        points = metric_history(
+            session,
+            args.metric,
+            model=args.model,
+            variant=args.variant,
+            scenario=args.scenario,
+            runtime=args.runtime,
+            comparability_key=args.key,
+            since=args.since,
+            until=args.until,
+            limit=args.limit,
+        )
+    if args.json:
+        _print_json(points)
+    else:
+        columns = ["time", "value", "variant", "runtime", "scenario", "valid", "verdict", "run_id"]
+        _table(f"{args.model}: {args.metric}", points, columns)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from embench.store.db import session_scope
+    from embench.store.queries import compare_runs
+
+    with session_scope(_engine(args)) as session:
+        result = compare_runs(session, args.run_a, args.run_b)
+    if args.json:
+        _print_json(result)
+        return 0
+    rows = [
+        {"scenario": s["scenario"], **m, "relative": _pct(m["relative"])}
+        for s in result["scenarios"]
+        for m in s["metrics"]
+    ]
+    title = f"A {result['a']['doc_run_id']}  vs  B {result['b']['doc_run_id']}"
+    _table(title, rows, ["scenario", "metric", "a", "b", "delta", "relative"])
+    return 0
+
+
+def _pct(value: float | None) -> str | None:
+    return None if value is None else f"{value:+.1%}"
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from embench.store.db import session_scope
+    from embench.store.queries import list_runs
+
+    with session_scope(_engine(args)) as session:
+        runs = list_runs(session, _run_filter(args), limit=args.limit)
+    if args.json:
+        _print_json(runs)
+    else:
+        columns = ["started_at", "doc_run_id", "model", "variant", "runtime", "status"]
+        _table("runs", runs, [*columns, "scenarios", "regressions"])
+    return 0
+
+
+def cmd_latest(args: argparse.Namespace) -> int:
+    from embench.store.db import session_scope
+    from embench.store.queries import COMPARISON_METRICS, latest_comparison
+
+    with session_scope(_engine(args)) as session:
+        rows = latest_comparison(session, args.model)
+    if args.json:
+        _print_json(rows)
+    else:
+        columns = ["model", "variant", "runtime", "scenario", *COMPARISON_METRICS]
+        _table("latest runs", rows, [*columns, "model_load_ms"])
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from embench.store.db import session_scope
+    from embench.store.queries import export_csv
+
+    with session_scope(_engine(args)) as session:
+        if args.output is None:
+            count = export_csv(session, sys.stdout, _run_filter(args))
+        else:
+            try:
+                with args.output.open("w", newline="") as out:
+                    count = export_csv(session, out, _run_filter(args))
+            except OSError as exc:
+                raise EmbenchError(f"{args.output}: cannot write: {exc.strerror}") from exc
+    summary = json.dumps({"rows": count, "output": str(args.output or "-")})
+    if args.output is not None:
+        print(summary if args.json else f"{count} row(s) written to {args.output}")
+    return 0

@@ -1,0 +1,338 @@
+"""History queries: library functions shared by the CLI, the API and the UI. Every query is
+built with SQLAlchemy expressions (bound parameters, no SQL text); metric names are checked
+against the schema's numeric columns. Results are plain dicts, JSON-ready."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import IO, Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from embench.store.detect import metric_column, resolve_run, stored_verdicts
+from embench.store.ingest import utc
+from embench.store.models import NUMERIC_FIELDS, SCALAR_FIELDS, Run, ScenarioRow, VerdictRow
+
+# The comparison table: variant/runtime x scenario -> these figures.
+COMPARISON_METRICS: tuple[str, ...] = (
+    "qps",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "server_cpu_pct_mean",
+    "server_rss_bytes_max",
+)
+# compare_runs: the figures set side by side.
+COMPARE_METRICS: tuple[str, ...] = (
+    "qps",
+    "texts_per_s",
+    "tokens_per_s",
+    "p50_ms",
+    "p90_ms",
+    "p95_ms",
+    "p99_ms",
+    "p999_ms",
+    "error_rate",
+    "server_cpu_pct_mean",
+    "server_rss_bytes_max",
+    "client_cpu_pct_mean",
+)
+RUN_COLUMNS: tuple[str, ...] = (
+    "ingest_key",
+    "doc_run_id",
+    "dag_id",
+    "dag_run_id",
+    "map_index",
+    "try_number",
+    "trigger_kind",
+    "status",
+    "valid",
+    "started_at",
+    "finished_at",
+    "git_sha",
+    "model",
+    "variant",
+    "runtime",
+    "runtime_version",
+    "model_load_ms",
+    "server_config_key",
+    "baseline_key",
+)
+
+
+def _iso(value: Any) -> Any:
+    return utc(value).isoformat() if isinstance(value, datetime) else value
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    model: str | None = None
+    variant: str | None = None
+    runtime: str | None = None
+    status: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def conditions(self) -> list[sa.ColumnElement[bool]]:
+        conditions: list[sa.ColumnElement[bool]] = []
+        for name in ("model", "variant", "runtime", "status"):
+            if (value := getattr(self, name)) is not None:
+                conditions.append(getattr(Run, name) == value)
+        if self.since is not None:
+            conditions.append(Run.started_at >= utc(self.since))
+        if self.until is not None:
+            conditions.append(Run.started_at < utc(self.until))
+        return conditions
+
+
+def _run_dict(run: Run) -> dict[str, Any]:
+    out = {name: _iso(getattr(run, name)) for name in RUN_COLUMNS}
+    out["run_pk"] = run.id
+    return out
+
+
+def list_runs(
+    session: Session, filters: RunFilter = RunFilter(), limit: int = 100
+) -> list[dict[str, Any]]:
+    """Runs matching `filters`, newest first, each with its scenario and regression counts."""
+    scenarios = (
+        sa.select(sa.func.count(ScenarioRow.id))
+        .where(ScenarioRow.run_pk == Run.id)
+        .scalar_subquery()
+    )
+    regressed = (
+        sa.select(sa.func.count(VerdictRow.id))
+        .where(VerdictRow.run_pk == Run.id, VerdictRow.status == "regressed")
+        .scalar_subquery()
+    )
+    stmt = (
+        sa.select(Run, scenarios, regressed)
+        .where(*filters.conditions())
+        .order_by(Run.started_at.desc(), Run.id.desc())
+        .limit(limit)
+    )
+    return [
+        {**_run_dict(run), "scenarios": n, "regressions": r}
+        for run, n, r in session.execute(stmt).all()
+    ]
+
+
+def metric_history(
+    session: Session,
+    metric: str,
+    *,
+    model: str,
+    variant: str | None = None,
+    scenario: str | None = None,
+    runtime: str | None = None,
+    comparability_key: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    valid_only: bool = False,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """The values of `metric` over time (oldest first) for a model/variant/scenario/runtime,
+    optionally restricted to one comparability key; each point names its key and baseline so
+    a chart can break the line where the baseline changes. `limit` keeps the newest points."""
+    column = metric_column(metric)
+    stmt = sa.select(
+        ScenarioRow.started_at,
+        column.label("value"),
+        ScenarioRow.name,
+        ScenarioRow.variant,
+        ScenarioRow.runtime,
+        ScenarioRow.valid,
+        ScenarioRow.comparability_key,
+        ScenarioRow.baseline_key,
+        Run.doc_run_id,
+        Run.ingest_key,
+        Run.git_sha,
+        VerdictRow.status.label("verdict"),
+    ).join(Run, Run.id == ScenarioRow.run_pk)
+    stmt = stmt.outerjoin(
+        VerdictRow,
+        sa.and_(VerdictRow.scenario_result_id == ScenarioRow.id, VerdictRow.metric == metric),
+    )
+    if comparability_key is not None:
+        stmt = stmt.where(ScenarioRow.comparability_key == comparability_key)
+    stmt = stmt.where(ScenarioRow.model == model)
+    for name, value in (("variant", variant), ("name", scenario), ("runtime", runtime)):
+        if value is not None:
+            stmt = stmt.where(getattr(ScenarioRow, name) == value)
+    if since is not None:
+        stmt = stmt.where(ScenarioRow.started_at >= utc(since))
+    if until is not None:
+        stmt = stmt.where(ScenarioRow.started_at < utc(until))
+    if valid_only:
+        stmt = stmt.where(ScenarioRow.valid.is_(True))
+    stmt = stmt.order_by(ScenarioRow.started_at.desc())
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    points = [
+        {
+            "time": _iso(row.started_at),
+            "value": row.value,
+            "scenario": row.name,
+            "variant": row.variant,
+            "runtime": row.runtime,
+            "valid": row.valid,
+            "comparability_key": row.comparability_key,
+            "baseline_key": row.baseline_key,
+            "run_id": row.doc_run_id,
+            "ingest_key": row.ingest_key,
+            "git_sha": row.git_sha,
+            "verdict": row.verdict,
+        }
+        for row in session.execute(stmt).all()
+    ]
+    points.reverse()
+    return points
+
+
+def latest_comparison(
+    session: Session, model: str | None = None, metrics: Sequence[str] = COMPARISON_METRICS
+) -> list[dict[str, Any]]:
+    """The seed's comparison table: for the newest run of each model/variant/runtime,
+    one row per scenario with QPS, p50/p95/p99, server CPU, RSS and model load time."""
+    for metric in metrics:
+        metric_column(metric)
+    newest = (
+        sa.select(
+            Run.id,
+            sa.func.row_number()
+            .over(
+                partition_by=(Run.model, Run.variant, Run.runtime),
+                order_by=(Run.started_at.desc(), Run.id.desc()),
+            )
+            .label("rank"),
+        )
+        .where(*([Run.model == model] if model is not None else []))
+        .subquery()
+    )
+    stmt = (
+        sa.select(Run, ScenarioRow)
+        .join(newest, sa.and_(newest.c.id == Run.id, newest.c.rank == 1))
+        .join(ScenarioRow, ScenarioRow.run_pk == Run.id)
+        .order_by(Run.model, ScenarioRow.name, Run.variant, Run.runtime)
+    )
+    return [
+        {
+            "model": run.model,
+            "variant": run.variant,
+            "runtime": run.runtime,
+            "scenario": row.name,
+            **{metric: getattr(row, metric) for metric in metrics},
+            "model_load_ms": run.model_load_ms,
+            "valid": row.valid,
+            "run_id": run.doc_run_id,
+            "started_at": _iso(run.started_at),
+        }
+        for run, row in session.execute(stmt).all()
+    ]
+
+
+def _delta(a: float | None, b: float | None) -> tuple[float | None, float | None]:
+    if a is None or b is None:
+        return None, None
+    delta = b - a
+    return delta, (delta / abs(a) if a else None)
+
+
+def compare_runs(
+    session: Session, run_a: str | int, run_b: str | int, metrics: Sequence[str] = COMPARE_METRICS
+) -> dict[str, Any]:
+    """Two runs side by side, scenario by scenario (matched by name): A, B, B-A and (B-A)/|A|,
+    plus whether the scenarios are comparable (same comparability key) and B's verdicts."""
+    for metric in metrics:
+        metric_column(metric)
+    pk_a, pk_b = resolve_run(session, run_a), resolve_run(session, run_b)
+    runs = {r.id: r for r in session.scalars(sa.select(Run).where(Run.id.in_((pk_a, pk_b))))}
+    rows = session.scalars(sa.select(ScenarioRow).where(ScenarioRow.run_pk.in_((pk_a, pk_b)))).all()
+    by_name: dict[str, dict[int, ScenarioRow]] = {}
+    for row in rows:
+        by_name.setdefault(row.name, {})[row.run_pk] = row
+    scenarios = []
+    for name in sorted(by_name):
+        a, b = by_name[name].get(pk_a), by_name[name].get(pk_b)
+        figures = []
+        for metric in metrics:
+            va = getattr(a, metric) if a is not None else None
+            vb = getattr(b, metric) if b is not None else None
+            delta, relative = _delta(va, vb)
+            figures.append(
+                {"metric": metric, "a": va, "b": vb, "delta": delta, "relative": relative}
+            )
+        scenarios.append(
+            {
+                "scenario": name,
+                "in_a": a is not None,
+                "in_b": b is not None,
+                "comparable": a is not None
+                and b is not None
+                and a.comparability_key == b.comparability_key,
+                "metrics": figures,
+            }
+        )
+    load_delta, load_relative = _delta(runs[pk_a].model_load_ms, runs[pk_b].model_load_ms)
+    return {
+        "a": _run_dict(runs[pk_a]),
+        "b": _run_dict(runs[pk_b]),
+        "model_load_ms": {
+            "a": runs[pk_a].model_load_ms,
+            "b": runs[pk_b].model_load_ms,
+            "delta": load_delta,
+            "relative": load_relative,
+        },
+        "scenarios": scenarios,
+        "verdicts_b": stored_verdicts(session, pk_b),
+    }
+
+
+EXPORT_RUN_COLUMNS: tuple[str, ...] = (
+    "doc_run_id",
+    "ingest_key",
+    "git_sha",
+    "trigger_kind",
+    "model_load_ms",
+)
+
+
+def export_csv(session: Session, out: IO[str], filters: RunFilter = RunFilter()) -> int:
+    """Write one CSV row per scenario result of the runs matching `filters` (oldest first),
+    every scalar statistic a column. Returns the number of rows written."""
+    scalar = list(SCALAR_FIELDS)
+    header = ["model", "variant", "runtime", *EXPORT_RUN_COLUMNS, "baseline_key", *scalar]
+    writer = csv.writer(out)
+    writer.writerow(header)
+    stmt = (
+        sa.select(Run, ScenarioRow)
+        .join(ScenarioRow, ScenarioRow.run_pk == Run.id)
+        .where(*filters.conditions())
+        .order_by(ScenarioRow.started_at, ScenarioRow.name)
+        .execution_options(yield_per=1000)
+    )
+    count = 0
+    for run, row in session.execute(stmt):
+        values = [run.model, run.variant, run.runtime]
+        values += [getattr(run, name) for name in EXPORT_RUN_COLUMNS]
+        values += [row.baseline_key, *(_iso(getattr(row, name)) for name in scalar)]
+        writer.writerow(["" if v is None else v for v in values])
+        count += 1
+    return count
+
+
+__all__ = [
+    "COMPARE_METRICS",
+    "COMPARISON_METRICS",
+    "NUMERIC_FIELDS",
+    "RunFilter",
+    "compare_runs",
+    "export_csv",
+    "latest_comparison",
+    "list_runs",
+    "metric_history",
+]
