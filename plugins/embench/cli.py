@@ -60,6 +60,18 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("--json", action="store_true", help="print JSON instead of a table")
     prepare.set_defaults(handler=_cmd_prepare)
 
+    bench = commands.add_parser(
+        "bench", help="run benchmark.yaml's scenarios against a running server (the client)"
+    )
+    bench.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
+    bench.add_argument("--scenario", type=_name_list, help="comma-separated names (default: all)")
+    bench.add_argument("--out", type=Path, help="result JSON (default: in the data dir)")
+    bench.add_argument("--model", help="label the result (default: the server's /info)")
+    bench.add_argument("--variant", help="label the result (default: the server's /info)")
+    bench.add_argument("--ingest", action="store_true", help="store the result when done")
+    bench.add_argument("--db-url", help="results database (default: EMBENCH_DB_URL or SQLite)")
+    bench.set_defaults(handler=_cmd_bench)
+
     check = commands.add_parser("check-config", help="validate models.yaml and benchmark.yaml")
     check.add_argument("--json", action="store_true", help="print JSON instead of text")
     check.set_defaults(handler=_cmd_check_config)
@@ -79,6 +91,41 @@ def _variant_list(value: str) -> list[str]:
             f"expected a comma-separated list from: {', '.join(ALL_VARIANTS)}"
         )
     return variants
+
+
+def _name_list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from client.cli import main as client_main
+    from client.scenario import RunLabels
+    from embench.bench import scenario_file, write_scenario_file
+    from embench.paths import data_dir
+
+    config = load_config(args.config_dir)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = args.out or data_dir() / "results" / f"bench-{stamp}.json"
+    labels = RunLabels(model=args.model, variant=args.variant, labels={"trigger": "cli"})
+    scenarios = write_scenario_file(
+        out.with_name(out.stem + ".scenarios.json"), scenario_file(config, args.scenario, labels)
+    )
+    status = client_main(
+        ["run", "--url", args.url, "--scenario-file", str(scenarios), "--out", str(out)]
+    )
+    if status != 0:
+        raise EmbenchError(f"the load client exited with status {status}; result (if any): {out}")
+    print(f"result: {out}")
+    if args.ingest:
+        from embench.store.commands import cmd_ingest
+
+        ingest_args = argparse.Namespace(
+            config_dir=args.config_dir, db_url=args.db_url, paths=[out], no_detect=False, json=False
+        )
+        return cmd_ingest(ingest_args)
+    return 0
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:

@@ -41,7 +41,7 @@ BAD_FILES = [
         "benchmark.yaml",
         "    concurrency: 1\n",
         "    concurency: 1\n",
-        ":30: scenarios[0].concurency: unknown key 'concurency' (did you mean 'concurrency'?); "
+        ":31: scenarios[0].concurency: unknown key 'concurency' (did you mean 'concurrency'?); "
         "expected one of: name, mode, concurrency, rate, arrival, min_requests, "
         "min_duration_s, max_duration_s, texts_per_request, length_bucket",
     ),
@@ -49,37 +49,37 @@ BAD_FILES = [
         "benchmark.yaml",
         "    concurrency: 1\n",
         "    concurrency: four\n",
-        ":30: scenarios[0].concurrency: expected an integer, got 'four'",
+        ":31: scenarios[0].concurrency: expected an integer, got 'four'",
     ),
     (
         "benchmark.yaml",
         "    concurrency: 1\n",
         '    concurrency: "16"\n',
-        ":30: scenarios[0].concurrency: expected an integer, got '16'",
+        ":31: scenarios[0].concurrency: expected an integer, got '16'",
     ),
     (
         "benchmark.yaml",
         "    concurrency: 1\n",
         "    concurrency: -4\n",
-        ":30: scenarios[0].concurrency: input should be greater than 0, got -4",
+        ":31: scenarios[0].concurrency: input should be greater than 0, got -4",
     ),
     (
         "benchmark.yaml",
         "    concurrency: 1\n",
         "",
-        ":28: scenarios[0]: a closed-loop scenario needs 'concurrency'",
+        ":29: scenarios[0]: a closed-loop scenario needs 'concurrency'",
     ),
     (
         "benchmark.yaml",
         "    rate: 50\n",
         "",
-        ":55: scenarios[3]: an open-loop scenario needs 'rate' (requests per second)",
+        ":56: scenarios[3]: an open-loop scenario needs 'rate' (requests per second)",
     ),
     (
         "benchmark.yaml",
         "  - name: closed-c1\n    mode: closed\n",
         "  - name: closed-c1\n",
-        ":28: scenarios[0].mode: required key is missing",
+        ":29: scenarios[0].mode: required key is missing",
     ),
     (
         "benchmark.yaml",
@@ -92,13 +92,13 @@ BAD_FILES = [
         "benchmark.yaml",
         "  - name: closed-c16\n",
         "  - name: closed-c1\n",
-        ":27: scenarios: scenario names must be unique; repeated: closed-c1",
+        ":28: scenarios: scenario names must be unique; repeated: closed-c1",
     ),
     (
         "benchmark.yaml",
         "  memory: 4g",
         "  memory: lots",
-        ":25: server.limits.memory: string should match pattern '^\\d+[bkmg]?$', got 'lots'",
+        ":26: server.limits.memory: string should match pattern '^\\d+[bkmg]?$', got 'lots'",
     ),
     (
         "benchmark.yaml",
@@ -177,7 +177,7 @@ def test_several_problems_are_listed_in_one_message(repo_root, tmp_path):
         load_config(config_dir)
     assert str(caught.value).splitlines() == [
         f"{path}:6: repetitions: input should be greater than 0, got 0",
-        f"{path}:39: scenarios[1].concurrency: input should be greater than 0, got 0",
+        f"{path}:40: scenarios[1].concurrency: input should be greater than 0, got 0",
     ]
 
 
@@ -194,6 +194,6 @@ def test_cli_reports_a_bad_file_without_a_traceback(repo_root, tmp_path):
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert done.stderr.strip() == (
-        f"embench: config error: {config_dir}/benchmark.yaml:30: scenarios[0].concurrency: "
+        f"embench: config error: {config_dir}/benchmark.yaml:31: scenarios[0].concurrency: "
         "input should be greater than 0, got -4"
     )

@@ -166,12 +166,23 @@ class ServerLimits(StrictModel):
 
 
 class ServerConfig(StrictModel):
-    intra_op_threads: PositiveInt | None = None
-    thread_spinning: bool = False
+    """The server's settings; each key is the server's EMBENCH_<KEY> environment variable."""
+
+    threads: PositiveInt | None = None  # intra-op threads (default: the CPUs it may use)
+    spinning: bool = False
     max_batch_tokens: PositiveInt = 8192
+    max_batch_texts: PositiveInt = 64
     max_texts_per_request: PositiveInt = 256
     max_queue: PositiveInt = 1024
     limits: ServerLimits = ServerLimits()
+
+    def environment(self) -> dict[str, str]:
+        """EMBENCH_* variables for the server process or container."""
+        settings = self.model_dump(exclude={"limits"}, exclude_none=True)
+        return {
+            f"EMBENCH_{key.upper()}": str(value).lower() if isinstance(value, bool) else str(value)
+            for key, value in settings.items()
+        }
 
 
 class RegressionConfig(StrictModel):
