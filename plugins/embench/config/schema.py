@@ -207,6 +207,25 @@ class RegressionConfig(StrictModel):
         return self
 
 
+class Ec2HostConfig(StrictModel):
+    """A benchmark host launched per run from the launch template terraform/ defines."""
+
+    aws_conn_id: str = "aws_default"
+    region: str | None = None  # default: terraform's output, else the connection's region
+    # `terraform output -json > FILE`, relative to this config folder: launch template id,
+    # subnet, security group, SSH user and the rest of what terraform/ outputs.
+    terraform_outputs: str = "../terraform/outputs.json"
+    ssh_key_path: str = "~/.ssh/embench-benchmark.pem"
+    instance_type: str | None = None  # default: the launch template's (c7i.4xlarge)
+    ready_timeout_s: PositiveFloat = 600.0
+
+
+class HostConfig(StrictModel):
+    provisioner: Literal["local", "ec2"] = "local"
+    docker_url: str | None = None  # local Docker daemon (default: DOCKER_HOST or the socket)
+    ec2: Ec2HostConfig = Ec2HostConfig()
+
+
 class BenchmarkFile(StrictModel):
     schedule: str = "0 2 * * *"
     models: Annotated[list[Identifier], Field(min_length=1)]
@@ -215,6 +234,7 @@ class BenchmarkFile(StrictModel):
     warmup: WarmupConfig = WarmupConfig()
     stability: StabilityConfig = StabilityConfig()
     server: ServerConfig = ServerConfig()
+    host: HostConfig = HostConfig()
     regression: RegressionConfig = RegressionConfig()
     scenarios: Annotated[list[ScenarioConfig], Field(min_length=1)]
 
