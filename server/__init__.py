@@ -2,3 +2,5 @@
 
 Imports nothing from embench or Airflow; embench imports this package's runtime so that the
 parity gate checks exactly the code that serves."""
+
+__version__ = "0.1.0"

@@ -7,19 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from tokenizers import Tokenizer
 
 from server.manifest import ModelInfo, read_manifest
 from server.pooling import l2_normalize, pool
 from server.runtime.base import TokenizedText
+from server.runtime.tokenizer import load_tokenizer, pad_token_id, tokenize
 
-
-def load_tokenizer(model_dir: Path, max_seq_length: int) -> Tokenizer:
-    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-    # Exported tokenizers pad every input to a fixed length; batches are padded by us instead.
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=max_seq_length)
-    return tokenizer
+__all__ = ["OnnxEmbedder", "load_tokenizer"]
 
 
 class OnnxEmbedder:
@@ -42,7 +36,7 @@ class OnnxEmbedder:
         self.pooling = info.pooling
         self.normalize = info.normalize
         self.tokenizer = load_tokenizer(self.model_dir, self.max_seq_length)
-        self.pad_id = self.tokenizer.token_to_id("[PAD]") or 0
+        self.pad_id = pad_token_id(self.tokenizer)
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -59,8 +53,7 @@ class OnnxEmbedder:
         self.intra_op_threads = intra_op_threads
 
     def tokenize(self, texts: list[str]) -> list[TokenizedText]:
-        encodings = self.tokenizer.encode_batch(texts)
-        return [TokenizedText(ids=e.ids, truncated=bool(e.overflowing)) for e in encodings]
+        return tokenize(self.tokenizer, texts)
 
     def embed_tokenized(self, batch: list[TokenizedText]) -> np.ndarray:
         longest = max(item.n_tokens for item in batch)

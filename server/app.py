@@ -1,0 +1,522 @@
+"""The HTTP API: FastAPI routes over the dynamic batcher.
+
+GET  /health          503 until the model is loaded and warmed, then 200
+GET  /info            runtime, variant, manifest hash, load time, threads, batching, RSS
+POST /embed           {"texts": [...], "truncate": true} -> {"embeddings": [[...]], ...}
+POST /v1/embeddings   OpenAI-compatible (input string or list; encoding_format float|base64)
+GET  /metrics         Prometheus text format
+
+Each embedding response carries TEI-style timing headers, in milliseconds:
+x-tokenization-time, x-queue-time, x-inference-time, x-total-time (handler start to response);
+and x-compute-tokens, x-batch-size, x-truncated-inputs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import platform
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
+
+from server import __version__
+from server.batcher import Batcher, EmbedResult, InferenceError, QueueFull, ShuttingDown
+from server.config import ServerSettings
+from server.metrics import ServerMetrics
+from server.model import LoadedModel, load_model, warm_up
+from server.protocol import (
+    JSON_MEDIA_TYPE,
+    ApiError,
+    EmbedRequestDoc,
+    OpenAIRequestDoc,
+    check_content_type,
+    embed_response,
+    openai_response,
+    parse_embed,
+    parse_json,
+    parse_openai,
+)
+from server.runtime.base import TokenizedText
+
+log = logging.getLogger("server")
+
+Loader = Callable[[ServerSettings], LoadedModel]
+Status = Literal["loading", "ready", "failed", "stopping"]
+
+
+@dataclass
+class ServerState:
+    settings: ServerSettings
+    metrics: ServerMetrics
+    loader: Loader
+    status: Status = "loading"
+    error: str | None = None
+    model: LoadedModel | None = None
+    batcher: Batcher | None = None
+    tokenize_pool: ThreadPoolExecutor | None = None
+    started_at: float = field(default_factory=time.time)
+    ready_at: float | None = None
+    on_fatal: Callable[[], None] | None = None  # set by __main__: stop the server
+
+    @property
+    def model_name(self) -> str:
+        if self.settings.served_model_name:
+            return self.settings.served_model_name
+        return self.model.spec.model_id if self.model else "unknown"
+
+
+def _json(payload: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(payload), status, headers=headers, media_type=JSON_MEDIA_TYPE)
+
+
+def _error_response(err: ApiError) -> Response:
+    return Response(err.body(), err.status, headers=err.headers, media_type=JSON_MEDIA_TYPE)
+
+
+def process_rss_bytes() -> int:
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except ImportError:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing (413) as soon as it is known to exceed `limit`: from Content-Length
+    before reading anything, else while streaming, without holding more than `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise ApiError(400, "invalid Content-Length header", param="content-length") from None
+        if size > limit:
+            raise ApiError(
+                413,
+                f"the body has {size} bytes; at most {limit} are allowed",
+                param="body",
+                code="body_too_large",
+                headers={"Connection": "close"},
+            )
+    chunks: list[bytes] = []
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise ApiError(
+                413,
+                f"the body exceeds {limit} bytes",
+                param="body",
+                code="body_too_large",
+                headers={"Connection": "close"},
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@dataclass
+class _Computed:
+    result: EmbedResult
+    tokenized: list[TokenizedText]
+    tokenization_s: float
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(item.n_tokens for item in self.tokenized)
+
+    @property
+    def truncated(self) -> list[bool]:
+        return [item.truncated for item in self.tokenized]
+
+
+def create_app(settings: ServerSettings, *, loader: Loader | None = None) -> FastAPI:
+    """The ASGI app. The model loads in the background after startup (/health says when)."""
+    metrics = ServerMetrics()
+    state = ServerState(settings=settings, metrics=metrics, loader=loader or load_model)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.tokenize_pool = ThreadPoolExecutor(
+            settings.tokenizer_threads, thread_name_prefix="tokenize"
+        )
+        loading = asyncio.create_task(_load(state), name="load-model")
+        try:
+            yield
+        finally:
+            state.status = "stopping"
+            metrics.ready.set(0)
+            if not loading.done():
+                loading.cancel()
+            if state.batcher is not None:
+                finished = await state.batcher.stop(settings.graceful_timeout_s)
+                log.info("inference worker stopped (%s)", "drained" if finished else "timed out")
+            state.tokenize_pool.shutdown(wait=False, cancel_futures=True)
+
+    app = EmbenchApp(
+        title="embench inference server",
+        version=__version__,
+        lifespan=lifespan,
+        description=__doc__,
+    )
+    app.state.server = state
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> Response:
+        return _error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        err = ApiError(exc.status_code, str(exc.detail), param=None, headers=exc.headers)
+        return _error_response(err)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        param = ".".join(str(part) for part in first.get("loc", ())) or None
+        return _error_response(ApiError(422, str(first.get("msg")), param=param))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _error_response(ApiError(500, "internal server error", type="server_error"))
+
+    @app.get("/health")
+    async def health() -> Response:
+        if state.status == "ready":
+            return _json({"status": "ok"})
+        body: dict[str, object] = {"status": state.status}
+        if state.error:
+            body["error"] = state.error
+        return _json(body, 503, headers={"Retry-After": "1"})
+
+    @app.get("/info")
+    async def info() -> Response:
+        return _json(_info(state))
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post(
+        "/embed",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {JSON_MEDIA_TYPE: {"schema": EmbedRequestDoc.model_json_schema()}},
+            }
+        },
+    )
+    async def embed(request: Request) -> Response:
+        async def handle(payload: object) -> Response:
+            parsed = parse_embed(payload, settings.max_texts_per_request)
+            computed = await _compute(state, parsed.texts, "texts", truncate=parsed.truncate)
+            body = embed_response(
+                computed.result.vectors,
+                state.model_name,
+                computed.prompt_tokens,
+                computed.truncated,
+            )
+            return _embedding_response(body, computed, handler_started)
+
+        handler_started = time.perf_counter()
+        return await _handle(state, request, "/embed", handle, handler_started)
+
+    @app.post(
+        "/v1/embeddings",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {JSON_MEDIA_TYPE: {"schema": OpenAIRequestDoc.model_json_schema()}},
+            }
+        },
+    )
+    async def openai_embeddings(request: Request) -> Response:
+        async def handle(payload: object) -> Response:
+            assert state.model is not None
+            parsed = parse_openai(
+                payload, settings.max_texts_per_request, state.model.embedder.embedding_dim
+            )
+            computed = await _compute(state, parsed.texts, "input", truncate=True)
+            body = openai_response(
+                computed.result.vectors,
+                state.model_name,
+                computed.prompt_tokens,
+                parsed.encoding_format,
+                computed.truncated,
+            )
+            return _embedding_response(body, computed, handler_started)
+
+        handler_started = time.perf_counter()
+        return await _handle(state, request, "/v1/embeddings", handle, handler_started)
+
+    app.fast_routes = {"/embed": embed, "/v1/embeddings": openai_embeddings}
+    return app
+
+
+class EmbenchApp(FastAPI):
+    """FastAPI, plus a fast path: POST to the embedding endpoints goes straight to its handler,
+    skipping the middleware stack, routing and dependency resolution (about 0.1 ms per request,
+    a few percent of a core at full load). The routes stay declared, for /docs and /openapi.json;
+    the handlers turn every error into a JSON response themselves."""
+
+    fast_routes: dict[str, Callable[[Request], Awaitable[Response]]]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fast_routes = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            handler = self.fast_routes.get(scope["path"])
+            if handler is not None:
+                scope["app"] = self
+                request = Request(scope, receive, send)
+                try:
+                    response = await handler(request)
+                except Exception:
+                    log.exception("unhandled error on POST %s", scope["path"])
+                    response = _error_response(
+                        ApiError(500, "internal server error", type="server_error")
+                    )
+                await response(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+async def _handle(
+    state: ServerState,
+    request: Request,
+    endpoint: str,
+    handle: Callable[[object], Awaitable[Response]],
+    started: float,
+) -> Response:
+    metrics = state.metrics
+    status = 500
+    try:
+        if state.status != "ready":
+            raise ApiError(
+                503,
+                f"the model is {state.status}"
+                if state.status != "failed"
+                else "the model failed to load",
+                type="server_error",
+                code="not_ready",
+                headers={"Retry-After": "1"},
+            )
+        check_content_type(request.headers.get("content-type"))
+        body = await read_body(request, state.settings.max_body_bytes)
+        response: Response = await handle(parse_json(body))
+        status = response.status_code
+        return response
+    except ApiError as err:
+        status = err.status
+        metrics.errors.labels(endpoint, err.code or err.type).inc()
+        if status == 429:
+            metrics.rejected.inc()
+        return _error_response(err)
+    finally:
+        metrics.requests.labels(endpoint, str(status)).inc()
+        metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - started)
+
+
+async def _compute(
+    state: ServerState, texts: list[str], param: str, *, truncate: bool
+) -> _Computed:
+    batcher = state.batcher
+    model = state.model
+    assert batcher is not None and model is not None
+    # Refuse before spending CPU on tokenization; submit() re-checks atomically.
+    if batcher.queued_texts + len(texts) > batcher.max_queue:
+        raise _queue_full(batcher.queued_texts, batcher.max_queue, batcher.retry_after_s())
+    loop = asyncio.get_running_loop()
+    started = time.perf_counter()
+    try:
+        tokenized = await loop.run_in_executor(state.tokenize_pool, model.embedder.tokenize, texts)
+    except Exception as exc:
+        log.exception("tokenization failed")
+        raise ApiError(500, f"tokenization failed: {exc!r}", type="server_error") from None
+    tokenization_s = time.perf_counter() - started
+    state.metrics.tokenization_seconds.observe(tokenization_s)
+    if not truncate:
+        for i, item in enumerate(tokenized):
+            if item.truncated:
+                raise ApiError(
+                    422,
+                    f"'{param}[{i}]' is longer than the model's {model.embedder.max_seq_length} "
+                    "tokens and truncate is false",
+                    param=f"{param}[{i}]",
+                    code="text_too_long",
+                )
+    try:
+        result = await batcher.submit(tokenized)
+    except QueueFull as exc:
+        raise _queue_full(exc.queued, exc.limit, exc.retry_after_s) from None
+    except ShuttingDown:
+        raise ApiError(
+            503,
+            "the server is shutting down",
+            type="server_error",
+            code="shutting_down",
+            headers={"Retry-After": "1"},
+        ) from None
+    except InferenceError as exc:
+        raise ApiError(
+            500, f"inference failed: {exc}", type="server_error", code="inference_error"
+        ) from None
+    computed = _Computed(result=result, tokenized=tokenized, tokenization_s=tokenization_s)
+    metrics = state.metrics
+    metrics.queue_seconds.observe(result.queue_s)
+    metrics.texts.inc(len(texts))
+    metrics.tokens.inc(computed.prompt_tokens)
+    truncated = sum(computed.truncated)
+    if truncated:
+        metrics.truncated.inc(truncated)
+    return computed
+
+
+def _queue_full(queued: int, limit: int, retry_after_s: int) -> ApiError:
+    return ApiError(
+        429,
+        f"server busy: {queued} texts are waiting (limit {limit}); retry after {retry_after_s} s",
+        type="rate_limit_error",
+        code="queue_full",
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
+def _embedding_response(body: bytes, computed: _Computed, started: float) -> Response:
+    result = computed.result
+    headers = {
+        "x-tokenization-time": f"{computed.tokenization_s * 1e3:.3f}",
+        "x-queue-time": f"{result.queue_s * 1e3:.3f}",
+        "x-inference-time": f"{result.inference_s * 1e3:.3f}",
+        "x-total-time": f"{(time.perf_counter() - started) * 1e3:.3f}",
+        "x-compute-tokens": str(computed.prompt_tokens),
+        "x-batch-size": str(result.batch_texts),
+        "x-truncated-inputs": str(sum(computed.truncated)),
+    }
+    return Response(body, 200, headers=headers, media_type=JSON_MEDIA_TYPE)
+
+
+async def _load(state: ServerState) -> None:
+    settings = state.settings
+    try:
+        model = await asyncio.to_thread(state.loader, settings)
+        if settings.warmup:
+            model.warmup_s = await asyncio.to_thread(warm_up, model.embedder)
+        batcher = Batcher(
+            model.embedder.embed_tokenized,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_batch_texts=settings.max_batch_texts,
+            max_queue=settings.max_queue,
+            on_batch=state.metrics.observe_batch,
+            workers=settings.workers,
+        )
+        batcher.start()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.exception("loading the model failed")
+        state.status = "failed"
+        state.error = f"{type(exc).__name__}: {exc}"
+        if state.on_fatal is not None:
+            state.on_fatal()
+        return
+    state.model = model
+    state.batcher = batcher
+    state.metrics.track_queue(lambda: batcher.queued_texts, lambda: batcher.inflight_requests)
+    state.metrics.model_load_seconds.set(model.load_s)
+    spec = model.spec
+    state.metrics.info.info(
+        {
+            "runtime": spec.runtime,
+            "runtime_version": model.embedder.runtime_version,
+            "model": spec.model_id,
+            "variant": spec.variant,
+            "manifest_sha256": spec.manifest_sha256 or "",
+            "version": __version__,
+        }
+    )
+    if state.status == "loading":
+        state.status = "ready"
+        state.ready_at = time.time()
+        state.metrics.ready.set(1)
+        log.info(
+            "ready: %s %s on %s %s (load %.0f ms, warm-up %.0f ms, %d worker(s) x %d threads)",
+            spec.model_id,
+            spec.variant,
+            spec.runtime,
+            model.embedder.runtime_version,
+            model.load_s * 1e3,
+            model.warmup_s * 1e3,
+            settings.workers,
+            settings.threads,
+        )
+
+
+def _info(state: ServerState) -> dict[str, object]:
+    settings = state.settings
+    info: dict[str, object] = {
+        "status": state.status,
+        "server_version": __version__,
+        "python": platform.python_version(),
+        "pid": os.getpid(),
+        "uptime_s": round(time.time() - state.started_at, 3),
+        "runtime": settings.runtime,
+        "threads": settings.threads,
+        "workers": settings.workers,
+        "spinning": settings.spinning,
+        "batching": {
+            "max_batch_tokens": settings.max_batch_tokens,
+            "max_batch_texts": settings.max_batch_texts,
+            "max_texts_per_request": settings.max_texts_per_request,
+            "max_queue": settings.max_queue,
+            "max_body_bytes": settings.max_body_bytes,
+            "tokenizer_threads": settings.tokenizer_threads,
+        },
+        "process_rss_bytes": process_rss_bytes(),
+    }
+    if state.error:
+        info["error"] = state.error
+    model = state.model
+    if model is not None:
+        spec = model.spec
+        embedder = model.embedder
+        info.update(
+            {
+                "runtime_version": embedder.runtime_version,
+                "model": state.model_name,
+                "model_id": spec.model_id,
+                "variant": spec.variant,
+                "model_dir": str(spec.load_dir),
+                "manifest_sha256": spec.manifest_sha256,
+                "embedding_dim": embedder.embedding_dim,
+                "max_seq_length": embedder.max_seq_length,
+                "model_load_ms": round(model.load_s * 1e3, 1),
+                "warmup_ms": round(model.warmup_s * 1e3, 1),
+                "library_versions": model.library_versions,
+            }
+        )
+        if spec.manifest is not None:
+            info["model_info"] = spec.manifest.model.model_dump()
+            info["parity"] = spec.manifest.parity.model_dump()
+    if state.batcher is not None:
+        info["queue"] = {
+            "queued_texts": state.batcher.queued_texts,
+            "inflight_requests": state.batcher.inflight_requests,
+        }
+    return info
