@@ -1,0 +1,395 @@
+"""The ec2 provisioner against moto's server mode on loopback (no AWS is reached).
+
+Access goes through the amazon provider's EC2Hook and an Airflow connection given as an
+environment variable whose `endpoint_url` extra points at moto. Moto runs no real machine, so
+the SSH readiness probe is replaced by a fake one; the SSH probe itself is tested with a fake
+`ssh` program.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import stat
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("airflow.providers.amazon")
+moto_server = pytest.importorskip("moto.server")
+
+import boto3  # noqa: E402
+
+from embench.config.schema import Ec2HostConfig  # noqa: E402
+from embench.errors import EmbenchError  # noqa: E402
+from embench.hosts.base import Host  # noqa: E402
+from embench.hosts.ec2 import (  # noqa: E402
+    MANAGED_TAG_KEY,
+    TERRAFORM_OUTPUTS,
+    Ec2Provisioner,
+    SshReadinessProbe,
+    TerraformOutputs,
+)
+
+REGION = "eu-west-1"
+CONN_ID = "embench_moto"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    port = _free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    conn = {
+        "conn_type": "aws",
+        "login": "testing",
+        "password": "testing",
+        "extra": {"endpoint_url": endpoint, "region_name": REGION},
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(conn))
+        for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN"):
+            mp.delenv(var, raising=False)
+        yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def ec2(moto_endpoint: str) -> Any:
+    return boto3.client(
+        "ec2",
+        endpoint_url=moto_endpoint,
+        region_name=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+@pytest.fixture(scope="module")
+def launch_template(ec2: Any) -> dict[str, str]:
+    """What terraform/ would create: a subnet, a security group, a launch template."""
+    vpc = ec2.create_vpc(CidrBlock="10.42.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.42.1.0/24")["Subnet"]["SubnetId"]
+    group = ec2.create_security_group(
+        GroupName="embench-benchmark-host", Description="ssh only", VpcId=vpc
+    )["GroupId"]
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    template = ec2.create_launch_template(
+        LaunchTemplateName="embench-benchmark-host",
+        LaunchTemplateData={
+            "ImageId": image,
+            "InstanceType": "c7i.4xlarge",
+            "NetworkInterfaces": [
+                {"DeviceIndex": 0, "SubnetId": subnet, "Groups": [group]},
+            ],
+            "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1},
+        },
+    )["LaunchTemplate"]
+    return {
+        "launch_template_id": template["LaunchTemplateId"],
+        "launch_template_version": str(template["LatestVersionNumber"]),
+        "subnet_id": subnet,
+    }
+
+
+@pytest.fixture
+def outputs_file(tmp_path: Path, launch_template: dict[str, str]) -> Path:
+    """`terraform output -json` as terraform writes it."""
+    values = {
+        "launch_template_id": launch_template["launch_template_id"],
+        "launch_template_version": launch_template["launch_template_version"],
+        "region": REGION,
+        "ssh_user": "ec2-user",
+        "instance_type": "c7i.4xlarge",
+        "ready_marker": "/var/lib/embench/ready",
+    }
+    path = tmp_path / "outputs.json"
+    exported = {k: {"sensitive": False, "type": "string", "value": v} for k, v in values.items()}
+    path.write_text(json.dumps(exported))
+    return path
+
+
+class FakeProbe:
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.error = error
+        self.calls: list[tuple[str, str, str, float]] = []
+
+    def preflight(self) -> None:
+        return None
+
+    def wait_ready(self, address: str, user: str, ready_marker: str, timeout_s: float) -> None:
+        self.calls.append((address, user, ready_marker, timeout_s))
+        if self.error is not None:
+            raise self.error
+
+
+class Killed(BaseException):
+    """Stands in for a task killed mid-acquire (AirflowTaskTimeout, SIGTERM)."""
+
+
+def _provisioner(outputs: Path, probe: FakeProbe, **kwargs: Any) -> Ec2Provisioner:
+    return Ec2Provisioner(
+        outputs,
+        aws_conn_id=CONN_ID,
+        probe=probe,
+        poll_interval_s=0.2,
+        running_timeout_s=20,
+        terminate_timeout_s=20,
+        ready_timeout_s=5,
+        **kwargs,
+    )
+
+
+def _labels() -> dict[str, str]:
+    return {"dag_id": "embedding_benchmark", "run_id": f"manual__{uuid.uuid4().hex[:8]}"}
+
+
+def _instances(ec2: Any, labels: dict[str, str]) -> dict[str, dict[str, Any]]:
+    filters = [{"Name": f"tag:{k}", "Values": [v]} for k, v in labels.items()]
+    reservations = ec2.describe_instances(Filters=filters)["Reservations"]
+    return {i["InstanceId"]: i for r in reservations for i in r["Instances"]}
+
+
+def _state(ec2: Any, instance_id: str) -> str:
+    reservations = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+    return reservations[0]["Instances"][0]["State"]["Name"]
+
+
+def test_acquire_runs_a_tagged_instance_and_release_terminates_it(
+    ec2: Any, outputs_file: Path, launch_template: dict[str, str]
+) -> None:
+    probe = FakeProbe()
+    provisioner = _provisioner(outputs_file, probe)
+    labels = _labels()
+
+    host = provisioner.acquire(labels)
+
+    assert host.provisioner == "ec2"
+    assert host.instance_id and host.name == host.instance_id
+    assert host.region == REGION
+    assert host.docker_url == f"ssh://ec2-user@{host.address}"
+    assert probe.calls == [(host.address, "ec2-user", "/var/lib/embench/ready", 5)]
+    instances = _instances(ec2, labels)
+    assert list(instances) == [host.instance_id]
+    instance = instances[host.instance_id]
+    assert instance["State"]["Name"] == "running"
+    assert instance["InstanceType"] == "c7i.4xlarge"
+    tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
+    assert tags == {**tags, **labels, MANAGED_TAG_KEY: "true"}
+    assert host.address in {instance.get("PublicIpAddress"), instance.get("PrivateIpAddress")}
+    # The Host travels between tasks as XCom.
+    assert Host.from_dict(json.loads(json.dumps(host.to_dict()))) == host
+
+    provisioner.release(host)
+    assert _state(ec2, host.instance_id) == "terminated"
+    provisioner.release(host)  # idempotent
+    assert _state(ec2, host.instance_id) == "terminated"
+
+
+def test_instance_type_from_config_overrides_terraform(ec2: Any, outputs_file: Path) -> None:
+    provisioner = _provisioner(outputs_file, FakeProbe(), instance_type="c7i.2xlarge")
+    host = provisioner.acquire(_labels())
+    try:
+        reservations = ec2.describe_instances(InstanceIds=[host.instance_id])["Reservations"]
+        instance = reservations[0]["Instances"][0]
+        assert instance["InstanceType"] == "c7i.2xlarge"
+    finally:
+        provisioner.release(host)
+
+
+def test_failure_after_launch_terminates_the_instance(ec2: Any, outputs_file: Path) -> None:
+    labels = _labels()
+    provisioner = _provisioner(outputs_file, FakeProbe(EmbenchError("no ready marker")))
+
+    with pytest.raises(EmbenchError) as caught:
+        provisioner.acquire(labels)
+
+    instances = _instances(ec2, labels)
+    assert len(instances) == 1, "the failed acquire launched exactly one instance"
+    (instance_id,) = instances
+    assert _state(ec2, instance_id) == "terminated"
+    message = str(caught.value)
+    assert instance_id in message and "no ready marker" in message
+    assert "instance terminated" in message
+
+
+def test_kill_after_launch_terminates_and_reraises(ec2: Any, outputs_file: Path) -> None:
+    labels = _labels()
+    provisioner = _provisioner(outputs_file, FakeProbe(Killed("task timed out")))
+
+    with pytest.raises(Killed):
+        provisioner.acquire(labels)
+
+    (instance_id,) = _instances(ec2, labels)
+    assert _state(ec2, instance_id) == "terminated"
+
+
+def test_launch_failure_is_explained_and_leaves_nothing(ec2: Any, tmp_path: Path) -> None:
+    outputs = {k: f"x-{k}" for k in TERRAFORM_OUTPUTS}
+    outputs |= {"launch_template_id": "lt-0123456789abcdef0", "region": REGION}
+    path = tmp_path / "outputs.json"
+    path.write_text(json.dumps(outputs))  # a flat object is accepted too
+    labels = _labels()
+
+    with pytest.raises(EmbenchError, match="cannot launch from launch template lt-0123456789"):
+        _provisioner(path, FakeProbe()).acquire(labels)
+    assert _instances(ec2, labels) == {}
+
+
+def test_release_of_an_unknown_instance_is_fine(outputs_file: Path) -> None:
+    provisioner = _provisioner(outputs_file, FakeProbe())
+    gone = Host("ec2", "i-0123456789abcdef0", "ssh://ec2-user@10.0.0.1", "10.0.0.1",
+                instance_id="i-0123456789abcdef0", region=REGION)  # fmt: skip
+    provisioner.release(gone)
+    provisioner.release(Host("local", "here", "unix:///var/run/docker.sock", "127.0.0.1"))
+
+
+def test_sweep_terminates_leftovers_by_label(
+    ec2: Any, outputs_file: Path, launch_template: dict[str, str]
+) -> None:
+    labels, other = _labels(), _labels()
+
+    def leftover(tags: dict[str, str]) -> str:
+        # As if a worker died between launching and recording the host.
+        return ec2.run_instances(
+            LaunchTemplate={"LaunchTemplateId": launch_template["launch_template_id"]},
+            MinCount=1,
+            MaxCount=1,
+            TagSpecifications=[
+                {
+                    "ResourceType": "instance",
+                    "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
+                }
+            ],
+        )["Instances"][0]["InstanceId"]
+
+    mine = {leftover({**labels, MANAGED_TAG_KEY: "true"}) for _ in range(2)}
+    theirs = leftover({**other, MANAGED_TAG_KEY: "true"})
+    unmanaged = leftover(labels)  # same labels, not launched by embench: left alone
+
+    provisioner = _provisioner(outputs_file, FakeProbe())
+    assert set(provisioner.sweep(labels)) == mine
+    assert {_state(ec2, i) for i in mine} == {"terminated"}
+    assert _state(ec2, theirs) == "running"
+    assert _state(ec2, unmanaged) == "running"
+    assert provisioner.sweep(labels) == []  # nothing left
+
+    assert provisioner.sweep(other) == [theirs]
+    ec2.terminate_instances(InstanceIds=[unmanaged])
+    with pytest.raises(ValueError, match="needs labels"):
+        provisioner.sweep({})
+
+
+def test_aws_endpoint_comes_from_the_airflow_connection(moto_endpoint: str) -> None:
+    from airflow.providers.amazon.aws.hooks.ec2 import EC2Hook
+
+    client = EC2Hook(aws_conn_id=CONN_ID, api_type="client_type").conn
+    assert client.meta.endpoint_url == moto_endpoint
+    assert client.meta.region_name == REGION
+
+
+# -- terraform outputs and configuration (no AWS) ---------------------------------------------
+
+
+def test_missing_outputs_file_names_the_file_and_the_command(tmp_path: Path) -> None:
+    path = tmp_path / "outputs.json"
+    with pytest.raises(EmbenchError) as caught:
+        Ec2Provisioner(path, probe=FakeProbe()).acquire(_labels())
+    message = str(caught.value)
+    assert str(path) in message and "not found" in message
+    assert "terraform -chdir=terraform output -json >" in message
+
+
+def test_missing_output_key_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "outputs.json"
+    outputs = {k: {"value": "v"} for k in TERRAFORM_OUTPUTS if k != "ready_marker"}
+    path.write_text(json.dumps(outputs))
+    with pytest.raises(EmbenchError, match=r"outputs.json: terraform output 'ready_marker' is"):
+        TerraformOutputs.load(path)
+
+
+def test_from_config_resolves_outputs_relative_to_the_config_folder(tmp_path: Path) -> None:
+    config = Ec2HostConfig(region="us-west-2", ready_timeout_s=42, instance_type="c7i.8xlarge")
+    provisioner = Ec2Provisioner.from_config(config, tmp_path / "config")
+    assert provisioner.outputs_path == (tmp_path / "terraform" / "outputs.json").resolve()
+    assert provisioner.region == "us-west-2"
+    assert provisioner.ready_timeout_s == 42
+    assert provisioner.instance_type == "c7i.8xlarge"
+    assert isinstance(provisioner.probe, SshReadinessProbe)
+    assert provisioner.probe.key_path == Path("~/.ssh/embench-benchmark.pem").expanduser()
+
+
+# -- the SSH readiness probe, with a fake ssh program -----------------------------------------
+
+
+def _fake_ssh(tmp_path: Path, script: str) -> str:
+    path = tmp_path / "fake-ssh"
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return str(path)
+
+
+def test_ssh_probe_needs_the_key(tmp_path: Path) -> None:
+    with pytest.raises(EmbenchError, match="SSH private key"):
+        SshReadinessProbe(tmp_path / "absent.pem").preflight()
+
+
+def test_ssh_probe_checks_marker_and_docker(tmp_path: Path) -> None:
+    log = tmp_path / "ssh-args"
+    ssh = _fake_ssh(tmp_path, f'printf "%s\\n" "$@" > {log}\necho 20.10.24\n')
+    probe = SshReadinessProbe(
+        tmp_path / "key.pem", ssh_binary=ssh, interval_s=0.05, known_hosts=tmp_path / "kh"
+    )
+    probe.wait_ready("192.0.2.10", "ec2-user", "/var/lib/embench/ready", timeout_s=5)
+    args = log.read_text().splitlines()
+    assert "ec2-user@192.0.2.10" in args
+    assert "BatchMode=yes" in args and f"UserKnownHostsFile={tmp_path / 'kh'}" in args
+    assert any("test -f /var/lib/embench/ready && docker info" in a for a in args)
+
+
+def test_ssh_probe_gives_up_at_its_deadline(tmp_path: Path) -> None:
+    ssh = _fake_ssh(tmp_path, 'echo "Connection refused" >&2\nexit 255\n')
+    probe = SshReadinessProbe(
+        tmp_path / "key.pem", ssh_binary=ssh, interval_s=0.05, known_hosts=tmp_path / "kh"
+    )
+    with pytest.raises(EmbenchError, match=r"not ready after 0 s .*Connection refused"):
+        probe.wait_ready("192.0.2.10", "ec2-user", "/var/lib/embench/ready", timeout_s=0.2)
+
+
+class LostAnswer:
+    """An EC2 client whose RunInstances launches but whose answer never arrives."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def run_instances(self, **kwargs: Any) -> Any:
+        self._client.run_instances(**kwargs)
+        raise TimeoutError("read timed out")
+
+
+def test_launch_whose_answer_is_lost_is_found_and_terminated(
+    ec2: Any, outputs_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provisioner = _provisioner(outputs_file, FakeProbe())
+    real = provisioner._client(REGION)
+    monkeypatch.setattr(provisioner, "_client", lambda region: LostAnswer(real))
+    labels = _labels()
+
+    with pytest.raises(EmbenchError, match="read timed out"):
+        provisioner.acquire(labels)
+
+    (instance_id,) = _instances(ec2, labels)
+    assert _state(ec2, instance_id) == "terminated"
