@@ -12,7 +12,12 @@ STAMP := $(VENV)/.installed
 MODEL ?= all-minilm-l6-v2
 VARIANTS ?= fp32,optimized,int8
 
-.PHONY: setup run test lint prepare clean
+CHECKOV := .venv-checkov/bin/checkov
+# The tests reuse the images `make images` builds instead of building their own.
+TEST_ENV := CHECKOV=$(CHECKOV) EMBENCH_SERVER_IMAGE=embench-server:onnx \
+	EMBENCH_SERVER_TORCH_IMAGE=embench-server:torch EMBENCH_CLIENT_IMAGE=embench-client:latest
+
+.PHONY: setup images run test lint clean
 
 setup: $(STAMP)
 
@@ -24,15 +29,25 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 		2>&1 | { grep -v "$(PIP_NOISE)" || true; }
 	@touch $@
 
-run: setup
-	$(BIN)/embench prepare --model $(MODEL) --variant $(VARIANTS)
+# checkov pins libraries (boto3, ...) older than Airflow's: it gets a virtualenv of its own.
+$(CHECKOV):
+	@test -x .venv-checkov/bin/python || $(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/python -m pip install --quiet --disable-pip-version-check \
+		checkov==3.3.30 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
 
-test: setup
-	$(BIN)/python -m pytest
+images:
+	scripts/docker/build_images.sh
+
+run: setup
+	scripts/docker/build_images.sh --no-torch
+	$(BIN)/embench run
+
+test: setup $(CHECKOV) images
+	$(TEST_ENV) $(BIN)/python -m pytest
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-checkov .pytest_cache .ruff_cache

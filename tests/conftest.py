@@ -3,16 +3,61 @@
 from __future__ import annotations
 
 import os
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model ships in a package; never ask a hub
+# Airflow reads its home at import: tests that import it get a private one, never ~/airflow.
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="embench-test-airflow-"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 from embench.config import AppConfig, load_config
 from embench.prepare import PreparedVariant, prepare_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = os.environ.get(
+    "EMBENCH_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def _admin() -> Engine:
+    return sa.create_engine(
+        PG_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
+    )
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[Callable[[], str]]:
+    """A factory of throwaway PostgreSQL databases; all are dropped at session end."""
+    admin = _admin()
+    try:
+        with admin.connect():
+            pass
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        pytest.skip(f"PostgreSQL unavailable at {PG_ADMIN_URL}: {exc.orig}")
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"embench_test_{uuid.uuid4().hex[:12]}"
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        created.append(name)
+        return sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(False)
+
+    yield create
+    with admin.connect() as conn:
+        for name in created:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
 DEFAULT_MODEL = "all-minilm-l6-v2"
 
 

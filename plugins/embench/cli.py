@@ -20,7 +20,12 @@ stdout = Console()
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    # `run` hands its options to embench.local_run, which defines them.
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "run":
+        args.args = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -60,6 +65,11 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("--json", action="store_true", help="print JSON instead of a table")
     prepare.set_defaults(handler=_cmd_prepare)
 
+    run = commands.add_parser(
+        "run", add_help=False, help="run the whole DAG once on this machine (see run --help)"
+    )
+    run.set_defaults(handler=_cmd_run)
+
     bench = commands.add_parser(
         "bench", help="run benchmark.yaml's scenarios against a running server (the client)"
     )
@@ -91,6 +101,12 @@ def _variant_list(value: str) -> list[str]:
             f"expected a comma-separated list from: {', '.join(ALL_VARIANTS)}"
         )
     return variants
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from embench.local_run import main as run_main
+
+    return run_main(args.args)
 
 
 def _name_list(value: str) -> list[str]:

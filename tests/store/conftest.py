@@ -4,54 +4,16 @@ skipped when PostgreSQL does not answer on EMBENCH_TEST_PG_URL)."""
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from embench.store.db import RetrySettings, make_engine, upgrade_to_head
 from embench.store.models import Base
 
-PG_ADMIN_URL = os.environ.get(
-    "EMBENCH_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 FAST_RETRY = RetrySettings(attempts=2, backoff_s=0.05, max_backoff_s=0.1, connect_timeout_s=3)
-
-
-def _admin() -> Engine:
-    return sa.create_engine(
-        PG_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
-    )
-
-
-@pytest.fixture(scope="session")
-def pg_database() -> Iterator[Callable[[], str]]:
-    """A factory of throwaway PostgreSQL databases; all are dropped at session end."""
-    admin = _admin()
-    try:
-        with admin.connect():
-            pass
-    except sa.exc.OperationalError as exc:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL unavailable at {PG_ADMIN_URL}: {exc.orig}")
-    created: list[str] = []
-
-    def create() -> str:
-        name = f"embench_test_{uuid.uuid4().hex[:12]}"
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        created.append(name)
-        return sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(False)
-
-    yield create
-    with admin.connect() as conn:
-        for name in created:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

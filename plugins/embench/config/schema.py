@@ -226,6 +226,14 @@ class HostConfig(StrictModel):
     ec2: Ec2HostConfig = Ec2HostConfig()
 
 
+class ImagesConfig(StrictModel):
+    """Docker images of the docker launcher (built by server/build_image.sh, client/Dockerfile)."""
+
+    server_onnx: str = "embench-server:onnx"
+    server_torch: str = "embench-server:torch"
+    client: str = "embench-client:latest"
+
+
 class BenchmarkFile(StrictModel):
     schedule: str = "0 2 * * *"
     models: Annotated[list[Identifier], Field(min_length=1)]
@@ -235,6 +243,7 @@ class BenchmarkFile(StrictModel):
     stability: StabilityConfig = StabilityConfig()
     server: ServerConfig = ServerConfig()
     host: HostConfig = HostConfig()
+    images: ImagesConfig = ImagesConfig()
     regression: RegressionConfig = RegressionConfig()
     scenarios: Annotated[list[ScenarioConfig], Field(min_length=1)]
 

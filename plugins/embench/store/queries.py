@@ -219,20 +219,52 @@ def latest_comparison(
         .join(ScenarioRow, ScenarioRow.run_pk == Run.id)
         .order_by(Run.model, ScenarioRow.name, Run.variant, Run.runtime)
     )
-    return [
-        {
-            "model": run.model,
-            "variant": run.variant,
-            "runtime": run.runtime,
-            "scenario": row.name,
-            **{metric: getattr(row, metric) for metric in metrics},
-            "model_load_ms": run.model_load_ms,
-            "valid": row.valid,
-            "run_id": run.doc_run_id,
-            "started_at": _iso(run.started_at),
-        }
-        for run, row in session.execute(stmt).all()
-    ]
+    return [_comparison_row(run, row, metrics) for run, row in session.execute(stmt).all()]
+
+
+def runs_comparison(
+    session: Session, ingest_keys: Sequence[str], metrics: Sequence[str] = COMPARISON_METRICS
+) -> list[dict[str, Any]]:
+    """The comparison table of the given runs (one pipeline run's variants, say)."""
+    for metric in metrics:
+        metric_column(metric)
+    stmt = (
+        sa.select(Run, ScenarioRow)
+        .join(ScenarioRow, ScenarioRow.run_pk == Run.id)
+        .where(Run.ingest_key.in_(list(ingest_keys)))
+        .order_by(Run.model, ScenarioRow.name, Run.variant, Run.runtime, Run.ingest_key)
+    )
+    return [_comparison_row(run, row, metrics) for run, row in session.execute(stmt).all()]
+
+
+def dag_run_ingest_keys(session: Session, dag_id: str, dag_run_id: str) -> list[str]:
+    """The stored runs of one pipeline run (each of its map indexes)."""
+    stmt = (
+        sa.select(Run.ingest_key)
+        .where(Run.dag_id == dag_id, Run.dag_run_id == dag_run_id)
+        .order_by(Run.map_index)
+    )
+    return list(session.scalars(stmt))
+
+
+def verdicts_of_runs(session: Session, ingest_keys: Sequence[str]) -> list[dict[str, Any]]:
+    pks = session.scalars(sa.select(Run.id).where(Run.ingest_key.in_(list(ingest_keys))))
+    return [verdict for pk in pks for verdict in stored_verdicts(session, pk)]
+
+
+def _comparison_row(run: Run, row: ScenarioRow, metrics: Sequence[str]) -> dict[str, Any]:
+    return {
+        "model": run.model,
+        "variant": run.variant,
+        "runtime": run.runtime,
+        "scenario": row.name,
+        **{metric: getattr(row, metric) for metric in metrics},
+        "model_load_ms": run.model_load_ms,
+        "valid": row.valid,
+        "run_id": run.doc_run_id,
+        "ingest_key": run.ingest_key,
+        "started_at": _iso(run.started_at),
+    }
 
 
 def _delta(a: float | None, b: float | None) -> tuple[float | None, float | None]:

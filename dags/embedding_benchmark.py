@@ -1,0 +1,170 @@
+"""
+### Embedding benchmark
+
+Per model and variant: prepare the model (ONNX export, optimization, int8, parity gate),
+start the inference server, drive it with the load client, stop it, store the results,
+judge them against their history. The host is provisioned first and released last.
+
+    plan -> provision_host (setup)
+         -> benchmark[model x variant x repetition]:
+              prepare_model -> start_server (setup) -> run_benchmark -> stop_server (teardown)
+                            -> store_results -> detect_regressions
+         -> release_host (teardown) -> report
+
+Trigger it from the UI with the form (models, variants, scenarios, repetitions, provisioner,
+launcher, fail on regression) or let it run nightly. Settings: config/benchmark.yaml.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pendulum
+from airflow.sdk import Param, dag, get_current_context, setup, task, task_group, teardown
+
+from embench import steps
+from embench.config import ALL_VARIANTS, load_config
+from embench.operators import BenchmarkClientOperator, ServerContainerOperator, run_context
+
+CONFIG = load_config()
+DEFAULTS = steps.default_params(CONFIG)
+HOST_POOL = "embench_benchmark_host"  # one slot: one benchmark on a host at a time
+# Retries where a retry can help (a busy database, a slow host, a server that crashed).
+RETRY: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay": timedelta(seconds=5),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=2),
+}
+# A teardown must not give up easily: what it leaves behind costs money or skews results.
+TEARDOWN_RETRY: dict[str, Any] = {**RETRY, "retries": 4}
+# Higher runs first when several tasks may take the host: finish one benchmark before the
+# next server starts, so that no server warms up while another is measured.
+ON_HOST = {"pool": HOST_POOL, "weight_rule": "absolute"}
+
+
+def ctx() -> steps.RunContext:
+    return run_context(get_current_context())
+
+
+@dag(
+    dag_id="embedding_benchmark",
+    schedule=CONFIG.benchmark.schedule,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["benchmark", "embeddings", "onnxruntime"],
+    doc_md=__doc__,
+    default_args={"execution_timeout": timedelta(minutes=30), "retries": 0},
+    params={
+        "models": Param(
+            DEFAULTS["models"],
+            type="array",
+            items={"type": "string", "enum": sorted(CONFIG.models)},
+            minItems=1,
+            uniqueItems=True,
+            description="Model ids from config/models.yaml.",
+        ),
+        "variants": Param(
+            DEFAULTS["variants"],
+            type="array",
+            items={"type": "string", "enum": list(ALL_VARIANTS)},
+            uniqueItems=True,
+            description="Empty: each model's own variants from models.yaml.",
+        ),
+        "scenarios": Param(
+            DEFAULTS["scenarios"],
+            type="array",
+            items={"type": "string", "enum": [s.name for s in CONFIG.benchmark.scenarios]},
+            minItems=1,
+            uniqueItems=True,
+            description="Scenarios from config/benchmark.yaml.",
+        ),
+        "repetitions": Param(DEFAULTS["repetitions"], type="integer", minimum=1, maximum=20),
+        "provisioner": Param(DEFAULTS["provisioner"], type="string", enum=["local", "ec2"]),
+        "launcher": Param(
+            DEFAULTS["launcher"],
+            type="string",
+            enum=["auto", "docker", "process"],
+            description="auto: docker when the host's Docker daemon answers, else process.",
+        ),
+        "fail_on_regression": Param(DEFAULTS["fail_on_regression"], type="boolean"),
+    },
+)
+def embedding_benchmark() -> None:
+    @task(execution_timeout=timedelta(minutes=1))
+    def plan(params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        return steps.plan_targets(params or {}, CONFIG)
+
+    @setup
+    @task(execution_timeout=timedelta(minutes=20), **RETRY)
+    def provision_host(params: dict[str, Any] | None = None) -> dict[str, Any]:
+        return steps.provision_host(params or {}, ctx(), CONFIG)
+
+    @teardown
+    @task(execution_timeout=timedelta(minutes=20), **TEARDOWN_RETRY)
+    def release_host(provisioned: dict[str, Any] | None) -> None:
+        steps.release_host(provisioned, ctx(), CONFIG)
+
+    host = provision_host()
+
+    @task_group
+    def benchmark(target: dict[str, Any]) -> Any:
+        @task(execution_timeout=timedelta(minutes=30), **RETRY)
+        def prepare_model(target: dict[str, Any]) -> dict[str, Any]:
+            return steps.prepare_target(target, CONFIG)
+
+        @teardown
+        @task(
+            execution_timeout=timedelta(minutes=5), priority_weight=30, **TEARDOWN_RETRY, **ON_HOST
+        )
+        def stop_server(server: dict[str, Any] | None) -> None:
+            steps.stop_server(server, ctx())
+
+        @task(execution_timeout=timedelta(minutes=5), **RETRY)
+        def store_results(result_path: str) -> dict[str, Any]:
+            return steps.store_result(result_path, CONFIG)
+
+        @task(execution_timeout=timedelta(minutes=5), **RETRY)
+        def detect_regressions(
+            stored: dict[str, Any], params: dict[str, Any] | None = None
+        ) -> list[dict[str, Any]]:
+            return steps.detect_regressions(stored, params or {}, CONFIG)
+
+        prepared = prepare_model(target)
+        server = ServerContainerOperator(
+            task_id="start_server",
+            prepared=prepared,
+            provisioned=host,
+            execution_timeout=timedelta(minutes=10),
+            priority_weight=10,
+            **RETRY,
+            **ON_HOST,
+        ).as_setup()
+        result = BenchmarkClientOperator(
+            task_id="run_benchmark",
+            prepared=prepared,
+            provisioned=host,
+            server=server.output,
+            execution_timeout=timedelta(minutes=60),
+            priority_weight=20,
+            retries=1,
+            retry_delay=timedelta(seconds=5),
+            **ON_HOST,
+        )
+        stopped = stop_server(server.output)
+        server >> result >> stopped
+        stored = store_results(result.output)
+        stopped >> stored
+        return detect_regressions(stored)
+
+    @task(trigger_rule="all_done", execution_timeout=timedelta(minutes=5))
+    def report() -> str:
+        return steps.report(ctx())
+
+    groups = benchmark.expand(target=plan())
+    host >> groups >> release_host(host) >> report()
+
+
+embedding_benchmark()

@@ -1,0 +1,152 @@
+"""The server under test as a detached Docker container, through the Docker provider's
+low-level client (docker.APIClient, as DockerHook builds it from a connection or URL)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from docker import APIClient
+from docker.errors import APIError, NotFound
+from docker.types import Mount
+
+from embench.errors import EmbenchError
+from embench.launch.handle import ServerHandle, wait_healthy
+
+log = logging.getLogger(__name__)
+
+CONTAINER_PORT = 8080
+MODEL_MOUNT = "/model"
+# Every container the pipeline starts carries this label, so a sweep can find leftovers.
+MANAGED_LABEL = "io.embench.managed"
+
+
+def start_server_container(
+    cli: APIClient,
+    *,
+    image: str,
+    name: str,
+    model_dir: str,
+    environment: dict[str, str],
+    labels: dict[str, str],
+    cpuset: str | None = None,
+    cpus: float | None = None,
+    mem_limit: str | None = None,
+    host_address: str = "127.0.0.1",
+    health_timeout_s: float = 180.0,
+    docker_url: str | None = None,
+) -> ServerHandle:
+    """Start the container detached, publish its port on the host's loopback, wait for
+    /health. A container that never becomes healthy is removed before the error is raised."""
+    _require_image(cli, image)
+    remove_container(cli, name)  # a leftover of an earlier try under the same name
+    host_config = cli.create_host_config(
+        mounts=[Mount(MODEL_MOUNT, model_dir, type="bind", read_only=True)],
+        port_bindings={CONTAINER_PORT: ("127.0.0.1", None)},
+        cpuset_cpus=cpuset,
+        nano_cpus=int(cpus * 1e9) if cpus else None,
+        mem_limit=mem_limit,
+        memswap_limit=mem_limit,  # no swap beyond the limit: memory pressure shows as OOM
+    )
+    container = cli.create_container(
+        image=image,
+        name=name,
+        environment={**environment, "EMBENCH_MODEL_DIR": MODEL_MOUNT},
+        labels={**labels, MANAGED_LABEL: "true"},
+        ports=[CONTAINER_PORT],
+        host_config=host_config,
+        detach=True,
+    )
+    container_id = container["Id"]
+    try:
+        started = time.monotonic()
+        cli.start(container_id)
+        port = _published_port(cli, container_id)
+        url = f"http://{host_address}:{port}"
+        wait_healthy(url, health_timeout_s, lambda: _stopped(cli, container_id))
+        healthy_after = time.monotonic() - started
+    except BaseException as exc:
+        tail = _logs_tail(cli, container_id)
+        remove_container(cli, container_id)
+        if isinstance(exc, EmbenchError):
+            raise EmbenchError(f"{exc}; container log tail:\n{tail}") from None
+        raise
+    log.info("server container %s healthy at %s after %.1f s", name, url, healthy_after)
+    return ServerHandle(
+        launcher="docker",
+        url=url,
+        name=name,
+        container_id=container_id,
+        docker_url=docker_url,
+        image=image,
+        image_digest=cli.inspect_image(image).get("Id"),
+        start_to_healthy_s=round(healthy_after, 3),
+        labels=labels,
+    )
+
+
+def remove_container(cli: APIClient, container: str) -> bool:
+    """Force-remove a container by id or name; False when there was none. Idempotent."""
+    try:
+        cli.remove_container(container, force=True, v=True)
+        return True
+    except NotFound:
+        return False
+    except APIError as exc:
+        if exc.status_code == 409:  # removal already in progress
+            return False
+        raise
+
+
+def sweep_containers(cli: APIClient, labels: dict[str, str]) -> list[str]:
+    """Remove every pipeline container carrying all of `labels`; returns their names."""
+    filters = [f"{MANAGED_LABEL}=true", *(f"{k}={v}" for k, v in labels.items())]
+    removed = []
+    for container in cli.containers(all=True, filters={"label": filters}):
+        if remove_container(cli, container["Id"]):
+            removed.append(container["Names"][0].lstrip("/"))
+    return removed
+
+
+def container_failure(cli: APIClient, container_id: str) -> str | None:
+    """Why the container is not running (exit code, OOM), or None while it runs."""
+    return _stopped(cli, container_id)
+
+
+def _require_image(cli: APIClient, image: str) -> None:
+    if not cli.images(name=image):
+        raise EmbenchError(
+            f"the server image {image!r} is not on the Docker host; build it with "
+            f"server/build_image.sh (or set images.server in benchmark.yaml)"
+        )
+
+
+def _published_port(cli: APIClient, container_id: str) -> int:
+    for _ in range(50):
+        bindings = cli.inspect_container(container_id)["NetworkSettings"]["Ports"] or {}
+        published = bindings.get(f"{CONTAINER_PORT}/tcp")
+        if published:
+            return int(published[0]["HostPort"])
+        time.sleep(0.1)
+    raise EmbenchError(f"Docker published no host port for container {container_id[:12]}")
+
+
+def _stopped(cli: APIClient, container_id: str) -> str | None:
+    try:
+        state: dict[str, Any] = cli.inspect_container(container_id)["State"]
+    except NotFound:
+        return "the container was removed"
+    if state.get("Running"):
+        return None
+    oom = " (killed: out of memory)" if state.get("OOMKilled") else ""
+    return f"container exited with code {state.get('ExitCode')}{oom}"
+
+
+def _logs_tail(cli: APIClient, container_id: str, lines: int = 30) -> str:
+    try:
+        raw: bytes | Iterable[bytes] = cli.logs(container_id, tail=lines)
+        return raw.decode(errors="replace") if isinstance(raw, bytes) else ""
+    except (NotFound, APIError):
+        return "(no log: the container is gone)"

@@ -1,0 +1,127 @@
+"""`embench run`: the whole DAG once, on this machine, the way `airflow dags test` runs it:
+an embedded Airflow home (SQLite metadata) under the data dir, the local provisioner, the
+SQLite results store unless EMBENCH_DB_URL says otherwise. Prints the comparison table and
+the report's path."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from embench.paths import data_dir
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DAG_ID = "embedding_benchmark"
+
+
+def airflow_environment() -> dict[str, str]:
+    """An Airflow home of our own, so a local run never touches another deployment's."""
+    home = Path(os.environ.get("EMBENCH_AIRFLOW_HOME", data_dir() / "airflow"))
+    home.mkdir(parents=True, exist_ok=True)
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": os.environ.get(
+            "AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO"
+        ),
+        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+    }
+
+
+def prepare_airflow(env: dict[str, str]) -> None:
+    """A fresh metadata database for each local run (results live in the results store; a
+    run left behind by an interrupted earlier one must not be picked up), and the pool."""
+    (Path(env["AIRFLOW_HOME"]) / "airflow.db").unlink(missing_ok=True)
+    airflow = [sys.executable, "-m", "airflow"]
+    full_env = {**os.environ, **env}
+    for command in (
+        [*airflow, "db", "migrate"],
+        [*airflow, "pools", "set", "embench_benchmark_host", "1", "one benchmark per host"],
+    ):
+        done = subprocess.run(command, env=full_env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
+            raise SystemExit(f"embench run: {' '.join(command[2:])} failed")
+
+
+def conf_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    conf: dict[str, Any] = {}
+    for key in ("models", "variants", "scenarios"):
+        value = getattr(args, key)
+        if value:
+            conf[key] = [v.strip() for v in value.split(",") if v.strip()]
+    for key in ("repetitions", "provisioner", "launcher"):
+        if getattr(args, key) is not None:
+            conf[key] = getattr(args, key)
+    if args.fail_on_regression:
+        conf["fail_on_regression"] = True
+    return conf
+
+
+def run_dag(conf: dict[str, Any]) -> tuple[str, str]:
+    """Parse the DAG folder, run the DAG once; returns (state, run_id)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
+    if bag.import_errors:
+        for path, error in bag.import_errors.items():
+            sys.stderr.write(f"{path}: {error}\n")
+        raise SystemExit("embench run: the DAG folder does not import")
+    dag = bag.get_dag(DAG_ID)
+    dag_run = dag.test(run_conf=conf, logical_date=None)
+    return str(dag_run.state), str(dag_run.run_id)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="embench run", description=__doc__)
+    parser.add_argument("--models", help="comma-separated model ids (default: benchmark.yaml)")
+    parser.add_argument("--variants", help="comma-separated variants (default: each model's)")
+    parser.add_argument("--scenarios", help="comma-separated scenario names (default: all)")
+    parser.add_argument("--repetitions", type=int)
+    parser.add_argument("--provisioner", choices=["local", "ec2"])
+    parser.add_argument("--launcher", choices=["auto", "docker", "process"])
+    parser.add_argument("--fail-on-regression", action="store_true")
+    args = parser.parse_args(argv)
+
+    env = airflow_environment()
+    os.environ.update(env)  # before Airflow is imported
+    started = time.monotonic()
+    prepare_airflow(env)
+    state, run_id = run_dag(conf_from_args(args))
+    print_summary(run_id, state, time.monotonic() - started)
+    return 0 if state.endswith("success") else 1
+
+
+def print_summary(run_id: str, state: str, seconds: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from embench.report import COLUMNS, cell
+    from embench.steps import RunContext
+    from embench.store.db import make_engine, session_scope
+    from embench.store.queries import dag_run_ingest_keys, runs_comparison
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # logs and CI: room for every column
+    with session_scope(make_engine()) as session:
+        rows = runs_comparison(session, dag_run_ingest_keys(session, DAG_ID, run_id))
+    table = Table(title=f"{DAG_ID} {run_id}: {state} in {seconds:.0f} s")
+    for _, label in COLUMNS:
+        table.add_column(label, no_wrap=True)
+    for row in rows:
+        table.add_row(*(cell(key, row.get(key)) for key, _ in COLUMNS))
+    console.print(table)
+    report = RunContext(DAG_ID, run_id).work_dir().parent / "report.md"
+    console.print(f"report: {report}", highlight=False, soft_wrap=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

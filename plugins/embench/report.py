@@ -1,0 +1,382 @@
+"""The per-run report: the seed's comparison table (variant x scenario -> QPS, latency
+percentiles, server CPU and memory, model load time, parity) with the regression verdicts,
+cold-start times, the environment fingerprint and validity warnings; as Markdown (logs, pull
+requests) and as one self-contained HTML file with Plotly charts (latency and QPS against
+concurrency). `collect` reads everything from the store once; both formats render from it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from embench.store.detect import resolve_run, stored_verdicts
+from embench.store.models import Environment, ModelArtifact, Run, ScenarioRow
+from embench.store.queries import COMPARISON_METRICS, dag_run_ingest_keys, runs_comparison
+
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("variant", "variant"),
+    ("runtime", "runtime"),
+    ("scenario", "scenario"),
+    ("qps", "QPS"),
+    ("p50_ms", "p50 ms"),
+    ("p95_ms", "p95 ms"),
+    ("p99_ms", "p99 ms"),
+    ("p999_ms", "p99.9 ms"),
+    ("server_cpu_pct_mean", "server CPU %"),
+    ("server_rss_bytes_max", "RSS MB"),
+    ("model_load_ms", "load ms"),
+    ("parity_mean_cosine", "parity cos"),
+    ("valid", "valid"),
+)
+
+
+def cell(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key == "server_rss_bytes_max":
+        return f"{value / 1e6:.0f}"
+    if key == "valid":
+        return "yes" if value else "NO"
+    if key == "parity_mean_cosine" and isinstance(value, float):
+        return f"{value:.5f}"
+    if isinstance(value, float):
+        return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+    return str(value)
+
+
+def _marked(text: str, status: str | None) -> str:
+    return f"**{text}** ({status})" if status in ("regressed", "improved") else text
+
+
+def _md(value: Any) -> str:
+    """A value made safe for a Markdown table cell (pipes, newlines, HTML)."""
+    text = str(value).replace("\n", " ").replace("|", "\\|")
+    return text.replace("<", "&lt;")  # no raw HTML where Markdown is rendered
+
+
+def markdown(
+    rows: Sequence[dict[str, Any]],
+    verdicts: Sequence[dict[str, Any]],
+    title: str,
+    data: ReportData | None = None,
+) -> str:
+    """The Markdown summary; with `data` (from `collect`) also cold starts, the environment
+    fingerprint and validity warnings."""
+    lines = [f"# {_md(title)}", ""]
+    if not rows:
+        return "\n".join([*lines, "No results were stored for this run.", ""])
+    for model in sorted({str(r["model"]) for r in rows}):
+        lines += [f"## {_md(model)}", ""]
+        lines.append("| " + " | ".join(label for _, label in COLUMNS) + " |")
+        lines.append("|" + "---|" * len(COLUMNS))
+        for row in (r for r in rows if str(r["model"]) == model):
+            marks = row.get("verdicts") or {}
+            cells = [_md(_marked(cell(k, row.get(k)), marks.get(k))) for k, _ in COLUMNS]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    if data is not None:
+        lines += _markdown_details(data)
+    flagged = [v for v in verdicts if v["status"] in ("regressed", "improved")]
+    lines += ["## Regression verdicts", ""]
+    if not flagged:
+        judged = sum(1 for v in verdicts if v["status"] != "no_baseline")
+        lines.append(
+            f"No regression or improvement ({judged} judged, "
+            f"{len(verdicts) - judged} without a baseline yet)."
+        )
+    for verdict in flagged:
+        who = "/".join(str(verdict[k]) for k in ("model", "variant", "runtime") if verdict.get(k))
+        lines.append(
+            f"- **{verdict['status'].upper()}** {_md(who + ' ' if who else '')}"
+            f"{_md(verdict.get('scenario', ''))} "
+            f"{_md(verdict['metric'])}: {_md(verdict['reason'])}"
+        )
+    return "\n".join([*lines, ""])
+
+
+def write_markdown(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------------- collected data
+
+# The figures of the report's rows (runs_comparison's metrics plus p99.9).
+REPORT_METRICS: tuple[str, ...] = (*COMPARISON_METRICS, "p999_ms")
+# Label a pipeline may set with the server's start-to-healthy time (seconds).
+COLD_START_LABEL = "start_to_healthy_s"
+COLD_START_ABSENT = (
+    "not stored: the result documents of this run carry no server start-to-healthy time "
+    "(it is logged by the start_server task only)"
+)
+
+
+@dataclass
+class ReportData:
+    """Everything a report shows, read from the store once."""
+
+    title: str
+    rows: list[dict[str, Any]]
+    verdicts: list[dict[str, Any]]
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    environments: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+    series: list[dict[str, Any]] = field(default_factory=list)
+    generated_at: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def collect(session: Session, ingest_keys: Sequence[str], title: str) -> ReportData:
+    """The report of the stored runs `ingest_keys` (one pipeline run's map indexes, say)."""
+    keys = list(ingest_keys)
+    rows = runs_comparison(session, keys, REPORT_METRICS)
+    stmt = (
+        sa.select(Run, Environment, ModelArtifact.parity)
+        .join(Environment, Environment.id == Run.environment_id)
+        .outerjoin(ModelArtifact, ModelArtifact.id == Run.artifact_id)
+        .where(Run.ingest_key.in_(keys))
+        .order_by(Run.model, Run.variant, Run.runtime, Run.ingest_key)
+    )
+    runs: list[dict[str, Any]] = []
+    environments: dict[int, dict[str, Any]] = {}
+    verdicts: list[dict[str, Any]] = []
+    warnings: list[dict[str, Any]] = []
+    by_key: dict[str, dict[str, Any]] = {}
+    for run, env, parity in session.execute(stmt).all():
+        parity = parity or (run.document.get("metadata", {}).get("server_info") or {}).get("parity")
+        info = {
+            "ingest_key": run.ingest_key,
+            "run_id": run.doc_run_id,
+            "model": run.model,
+            "variant": run.variant,
+            "runtime": run.runtime,
+            "runtime_version": run.runtime_version,
+            "status": run.status,
+            "status_reason": run.status_reason,
+            "valid": run.valid,
+            "started_at": run.started_at.isoformat() if run.started_at else None,
+            "git_sha": run.git_sha,
+            "image": run.image,
+            "model_load_ms": run.model_load_ms,
+            "cold_start_s": _float((run.labels or {}).get(COLD_START_LABEL)),
+            "parity": parity if isinstance(parity, dict) else None,
+            "environment_id": env.id,
+            "server_config": run.server_config,
+        }
+        runs.append(info)
+        by_key[run.ingest_key] = info
+        environments.setdefault(env.id, {"id": env.id, **env.document})
+        for verdict in stored_verdicts(session, run.id):
+            verdicts.append(
+                {
+                    **verdict,
+                    "model": run.model,
+                    "variant": run.variant,
+                    "runtime": run.runtime,
+                    "ingest_key": run.ingest_key,
+                }
+            )
+        if run.status != "complete" or not run.valid:
+            warnings.append(
+                {
+                    "who": _who(info),
+                    "scenario": None,
+                    "severity": "invalid" if not run.valid else "warning",
+                    "code": f"run_{run.status}",
+                    "message": run.status_reason or f"run status {run.status}",
+                }
+            )
+        for note in (run.document or {}).get("notes") or []:
+            warnings.append(
+                {
+                    "who": _who(info),
+                    "scenario": None,
+                    "severity": "note",
+                    "code": "note",
+                    "message": str(note),
+                }
+            )
+    details = (
+        sa.select(Run.ingest_key, ScenarioRow.name, ScenarioRow.definition, ScenarioRow.flags)
+        .join(Run, Run.id == ScenarioRow.run_pk)
+        .where(Run.ingest_key.in_(keys))
+    )
+    scenario_info = {(k, n): (d or {}, f or []) for k, n, d, f in session.execute(details).all()}
+    marks: dict[tuple[str, str], dict[str, str]] = {}
+    for verdict in verdicts:
+        if verdict["status"] in ("regressed", "improved"):
+            slot = marks.setdefault((verdict["ingest_key"], verdict["scenario"]), {})
+            slot[verdict["metric"]] = verdict["status"]
+    for row in rows:
+        definition, flags = scenario_info.get((row["ingest_key"], row["scenario"]), ({}, []))
+        run_info = by_key.get(row["ingest_key"], {})
+        parity = run_info.get("parity") or {}
+        row["mode"] = definition.get("mode")
+        row["concurrency"] = definition.get("concurrency")
+        row["rate"] = definition.get("rate")
+        row["parity_mean_cosine"] = _float(parity.get("mean_cosine"))
+        row["cold_start_s"] = run_info.get("cold_start_s")
+        row["verdicts"] = marks.get((row["ingest_key"], row["scenario"]), {})
+        row["flags"] = [f.get("code") for f in flags if isinstance(f, dict)]
+        for flag in flags:
+            if isinstance(flag, dict):
+                warnings.append(
+                    {
+                        "who": _who(row),
+                        "scenario": row["scenario"],
+                        "severity": flag.get("severity", "warning"),
+                        "code": flag.get("code", ""),
+                        "message": flag.get("message", ""),
+                    }
+                )
+    return ReportData(
+        title=title,
+        rows=rows,
+        verdicts=verdicts,
+        runs=runs,
+        environments=list(environments.values()),
+        warnings=warnings,
+        series=_series(rows),
+        generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+
+
+def _who(item: dict[str, Any]) -> str:
+    return "/".join(str(item.get(k)) for k in ("model", "variant", "runtime") if item.get(k))
+
+
+def _series(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One chart series per stored run: its closed-loop scenarios ordered by concurrency."""
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get("mode") == "closed" and isinstance(row.get("concurrency"), int):
+            grouped.setdefault(row["ingest_key"], []).append(row)
+    names = [_who(points[0]) for points in grouped.values()]
+    series = []
+    for (key, points), name in zip(grouped.items(), names, strict=True):
+        points.sort(key=lambda r: r["concurrency"])
+        label = name if names.count(name) == 1 else f"{name} ({key.rsplit('/', 1)[-1]})"
+        series.append(
+            {
+                "name": label,
+                "ingest_key": key,
+                "concurrency": [r["concurrency"] for r in points],
+                "scenario": [r["scenario"] for r in points],
+                "qps": [r.get("qps") for r in points],
+                "p50_ms": [r.get("p50_ms") for r in points],
+                "p99_ms": [r.get("p99_ms") for r in points],
+                "p999_ms": [r.get("p999_ms") for r in points],
+            }
+        )
+    return series
+
+
+def _markdown_details(data: ReportData) -> list[str]:
+    lines = ["## Model load and cold start", ""]
+    lines.append("| run | load ms | cold start s | parity (mean / min cosine) |")
+    lines.append("|---|---|---|---|")
+    for run in data.runs:
+        parity = run.get("parity") or {}
+        lines.append(
+            f"| {_md(_who(run))} | {cell('model_load_ms', run.get('model_load_ms'))} | "
+            f"{cell('cold_start_s', run.get('cold_start_s'))} | "
+            f"{_md(_parity_text(parity))} |"
+        )
+    if data.runs and all(run.get("cold_start_s") is None for run in data.runs):
+        lines += ["", f"Cold start: {COLD_START_ABSENT}."]
+    lines += ["", "## Validity warnings", ""]
+    if not data.warnings:
+        lines.append("None: every scenario is valid and stable.")
+    for warning in data.warnings:
+        where = f"{warning['who']} {warning['scenario'] or ''}".strip()
+        lines.append(
+            f"- {_md(warning['severity'])} `{_md(warning['code'])}` {_md(where)}: "
+            f"{_md(warning['message'])}"
+        )
+    lines += ["", "## Environment", ""]
+    for env in data.environments:
+        lines.append(
+            f"- {_md(env.get('hostname'))}: {_md(env.get('cpu_model'))}, "
+            f"{_md(env.get('cpu_count_logical'))} logical CPUs, "
+            f"{_md(round((env.get('memory_total_bytes') or 0) / 2**30, 1))} GiB, "
+            f"{_md(env.get('os'))} {_md(env.get('kernel'))} {_md(env.get('arch'))}, "
+            f"Python {_md(env.get('python'))}; hardware key `{_md(env.get('hardware_key'))}`"
+        )
+        libraries = env.get("libraries") or {}
+        if libraries:
+            lines.append(
+                "  - libraries: " + ", ".join(f"{_md(k)} {_md(v)}" for k, v in libraries.items())
+            )
+    return [*lines, ""]
+
+
+def _parity_text(parity: dict[str, Any]) -> str:
+    mean, low = _float(parity.get("mean_cosine")), _float(parity.get("min_cosine"))
+    if mean is None:
+        return "-"
+    return f"{mean:.5f} / {low:.5f}" if low is not None else f"{mean:.5f}"
+
+
+# ------------------------------------------------------------------------------ HTML
+
+
+def html(data: ReportData, plotly_src: str | None = None) -> str:
+    """The HTML report: with `plotly_src` None, Plotly's script is inlined (a self-contained
+    file); else the page loads it from that URL (the UI serves its bundled copy)."""
+    from embench.ui.render import plotly_js, render
+
+    inline = plotly_js() if plotly_src is None else None
+    return render(
+        "report.html",
+        data=data,
+        columns=COLUMNS,
+        cell=cell,
+        parity_text=_parity_text,
+        cold_start_absent=COLD_START_ABSENT,
+        plotly_inline=inline,
+        plotly_src=plotly_src,
+        base="",
+    )
+
+
+def write_report(out_dir: Path, data: ReportData, stem: str = "report") -> tuple[Path, Path]:
+    """Write `<stem>.md` and `<stem>.html` under `out_dir`; returns both paths."""
+    md_path = write_markdown(
+        out_dir / f"{stem}.md", markdown(data.rows, data.verdicts, data.title, data)
+    )
+    html_path = out_dir / f"{stem}.html"
+    html_path.write_text(html(data), encoding="utf-8")
+    return md_path, html_path
+
+
+def resolve_ingest_keys(session: Session, run: str) -> tuple[list[str], str]:
+    """The stored runs named by RUN: an ingest key, a document run_id, a run number, or an
+    Airflow DAG run (`DAG_RUN_ID`, or `DAG_ID/DAG_RUN_ID`) whose map indexes are reported
+    together. Returns the keys and a title."""
+    dag_keys = session.scalars(
+        sa.select(Run.ingest_key).where(Run.dag_run_id == run).order_by(Run.map_index)
+    ).all()
+    if not dag_keys and "/" in run:
+        dag_id, _, dag_run_id = run.partition("/")
+        dag_keys = list(dag_run_ingest_keys(session, dag_id, dag_run_id))
+    if dag_keys:
+        return list(dag_keys), f"Embedding benchmark {run}"
+    pk = resolve_run(session, run)
+    key = session.scalar(sa.select(Run.ingest_key).where(Run.id == pk))
+    return [str(key)], f"Embedding benchmark {key}"

@@ -1,0 +1,77 @@
+"""Pipeline fixtures: a short-scenario config and a runner for `embench run`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_short_config(directory: Path, scenario_seconds: float = 1.0) -> Path:
+    """The shipped config with scenarios shortened to about `scenario_seconds` each."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "models.yaml").write_text((REPO_ROOT / "config" / "models.yaml").read_text())
+    bench = yaml.safe_load((REPO_ROOT / "config" / "benchmark.yaml").read_text())
+    bench["warmup"] = {"requests": 10, "duration_s": 0.5}
+    bench["stability"] = {"window_s": 0.5, "windows": 2, "tolerance": 0.5}
+    for scenario in bench["scenarios"]:
+        scenario.update(
+            min_requests=20, min_duration_s=scenario_seconds, max_duration_s=scenario_seconds + 4
+        )
+    (directory / "benchmark.yaml").write_text(yaml.safe_dump(bench, sort_keys=False))
+    return directory
+
+
+@dataclass
+class LocalRun:
+    returncode: int
+    output: str
+    data_dir: Path
+
+    def run_id(self) -> str:
+        """The DAG run id from the summary line `embedding_benchmark <run_id>: <state> in`."""
+        for line in self.output.splitlines():
+            if line.strip().startswith("embedding_benchmark manual__") and ": " in line:
+                return line.strip().split(" ", 1)[1].rsplit(": ", 1)[0]
+        raise AssertionError(f"no summary line in the output:\n{self.output[-3000:]}")
+
+
+@pytest.fixture
+def embench_run(
+    tmp_path: Path, model_cache: Path, prepared_minilm: dict
+) -> Callable[..., LocalRun]:
+    """Run `embench run ARGS` (the DAG once, dag.test()) with a short config, the session's
+    prepared model cache and a private data dir; `db_url` picks the results database."""
+
+    def run(
+        *args: str, db_url: str, scenario_seconds: float = 1.0, timeout: float = 600
+    ) -> LocalRun:
+        config_dir = write_short_config(tmp_path / "config", scenario_seconds)
+        data_dir = tmp_path / "data"
+        env = {
+            **os.environ,
+            "EMBENCH_CONFIG_DIR": str(config_dir),
+            "EMBENCH_DATA_DIR": str(data_dir),
+            "EMBENCH_CACHE_DIR": str(model_cache),
+            "EMBENCH_DB_URL": db_url,
+            "HF_HUB_OFFLINE": "1",
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "embench.cli", "run", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        return LocalRun(done.returncode, done.stdout + done.stderr, data_dir)
+
+    return run

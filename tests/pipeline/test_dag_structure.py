@@ -1,0 +1,111 @@
+"""The DAG parses, and its shape is what the design says: setups paired with teardowns, a
+mapped task group per (model, variant), the host pool, timeouts and retries everywhere."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GROUP = "benchmark"
+
+
+@pytest.fixture(scope="module")
+def dag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
+    assert bag.import_errors == {}, bag.import_errors
+    return bag.dags["embedding_benchmark"]
+
+
+def test_dag_settings(dag, app_config):
+    assert dag.schedule == app_config.benchmark.schedule
+    assert dag.catchup is False
+    assert dag.max_active_runs == 1
+    assert {"benchmark", "embeddings"} <= set(dag.tags)
+    assert "provision_host" in dag.doc_md
+
+
+def test_task_graph(dag):
+    assert set(dag.task_ids) == {
+        "plan",
+        "provision_host",
+        "release_host",
+        "report",
+        *(
+            f"{GROUP}.{t}"
+            for t in (
+                "prepare_model",
+                "start_server",
+                "run_benchmark",
+                "stop_server",
+                "store_results",
+                "detect_regressions",
+            )
+        ),
+    }
+    task = dag.get_task
+    assert task(f"{GROUP}.start_server").upstream_task_ids == {
+        f"{GROUP}.prepare_model",
+        "provision_host",
+    }
+    assert task(f"{GROUP}.store_results").upstream_task_ids >= {f"{GROUP}.run_benchmark"}
+    assert f"{GROUP}.store_results" in task(f"{GROUP}.detect_regressions").upstream_task_ids
+    assert task("report").trigger_rule == "all_done"
+    assert "release_host" in task("report").upstream_task_ids
+
+
+def test_every_setup_is_paired_with_its_teardown(dag):
+    setups = {t.task_id for t in dag.tasks if t.is_setup}
+    teardowns = {t.task_id: t for t in dag.tasks if t.is_teardown}
+    assert setups == {"provision_host", f"{GROUP}.start_server"}
+    assert set(teardowns) == {"release_host", f"{GROUP}.stop_server"}
+    assert "provision_host" in teardowns["release_host"].upstream_task_ids
+    assert f"{GROUP}.start_server" in teardowns[f"{GROUP}.stop_server"].upstream_task_ids
+
+
+def test_the_benchmark_group_is_mapped_over_the_plan(dag):
+    group = dag.task_group_dict[GROUP]
+    assert type(group).__name__ == "MappedTaskGroup"
+    assert "plan" in dag.get_task(f"{GROUP}.prepare_model").upstream_task_ids
+
+
+def test_host_pool_timeouts_and_retries(dag):
+    on_host = {f"{GROUP}.{t}" for t in ("start_server", "run_benchmark", "stop_server")}
+    for task in dag.tasks:
+        assert task.execution_timeout is not None, task.task_id
+        assert task.execution_timeout <= timedelta(hours=1), task.task_id
+        assert (task.pool == "embench_benchmark_host") == (task.task_id in on_host), task.task_id
+    for task_id in (f"{GROUP}.prepare_model", f"{GROUP}.start_server", "provision_host"):
+        task = dag.get_task(task_id)
+        assert task.retries >= 2 and task.retry_exponential_backoff, task_id
+    assert dag.get_task(f"{GROUP}.run_benchmark").retries >= 1
+    # Finish a benchmark before the next server starts on the same host.
+    weight = {
+        t: dag.get_task(f"{GROUP}.{t}").priority_weight
+        for t in ("start_server", "run_benchmark", "stop_server")
+    }
+    assert weight["stop_server"] > weight["run_benchmark"] > weight["start_server"]
+
+
+def test_params_validate_the_trigger_form(dag):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    params = dag.params
+    assert set(params) == {
+        "models",
+        "variants",
+        "scenarios",
+        "repetitions",
+        "provisioner",
+        "launcher",
+        "fail_on_regression",
+    }
+    assert params["models"] == ["all-minilm-l6-v2"]
+    for name, bad in (("launcher", "nope"), ("repetitions", 0), ("models", ["nope"])):
+        with pytest.raises(ParamValidationError):
+            params.get_param(name).resolve(bad)
+    assert params.get_param("variants").resolve(["int8"]) == ["int8"]

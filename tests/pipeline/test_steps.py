@@ -1,0 +1,56 @@
+"""Task bodies without a scheduler: planning, params, run context, launcher choice."""
+
+from __future__ import annotations
+
+import pytest
+
+from embench import steps
+from embench.errors import ConfigError
+
+
+def test_plan_expands_models_variants_and_repetitions(app_config):
+    params = {**steps.default_params(app_config), "variants": ["fp32", "int8"], "repetitions": 2}
+    targets = steps.plan_targets(params, app_config)
+    assert [(t["variant"], t["repetition"]) for t in targets] == [
+        ("fp32", 1),
+        ("fp32", 2),
+        ("int8", 1),
+        ("int8", 2),
+    ]
+    assert all(t["model"] == "all-minilm-l6-v2" and t["runtime"] == "onnx" for t in targets)
+
+
+def test_plan_defaults_to_each_models_own_variants(app_config):
+    targets = steps.plan_targets({"models": ["all-minilm-l6-v2"]}, app_config)
+    assert [t["variant"] for t in targets] == ["fp32", "optimized", "int8"]
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"models": ["nope"]}, "unknown model id 'nope'; models.yaml defines: "),
+        ({"models": ["all-minilm-l6-v2"], "scenarios": ["x"]}, "unknown scenario 'x'"),
+        ({"models": ["all-minilm-l6-v2"], "launcher": "ssh"}, "DAG params: launcher: "),
+        ({"models": ["all-minilm-l6-v2"], "colour": 1}, "DAG params: colour: "),
+        ({"models": []}, "DAG params: models: "),
+    ],
+)
+def test_bad_params_are_named(app_config, params, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        steps.plan_targets(params, app_config)
+
+
+def test_run_context_keys_results_and_containers():
+    ctx = steps.RunContext("embedding_benchmark", "manual__2026-11-28T10:00:00+00:00", map_index=2)
+    assert ctx.labels()["map_index"] == "2"
+    assert ctx.container_labels()["io.embench.run_id"] == ctx.run_id
+    assert ctx.work_dir().name == "map-2"
+    assert ":" not in ctx.work_dir().parent.name and "+" not in ctx.work_dir().parent.name
+    name = steps.server_name(ctx)
+    assert name.startswith("embench-server-") and name.endswith("-2")
+    assert all(c.isalnum() or c in "-_." for c in name)
+
+
+def test_auto_launcher_falls_back_to_process_without_a_daemon(tmp_path):
+    assert steps.resolve_launcher("auto", f"unix://{tmp_path}/no-docker.sock") == "process"
+    assert steps.resolve_launcher("docker", f"unix://{tmp_path}/no-docker.sock") == "docker"
