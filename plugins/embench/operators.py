@@ -137,10 +137,21 @@ class BenchmarkClientOperator(_EmbenchDockerOperator):
         out = result_path(ctx)
         out.unlink(missing_ok=True)  # a failed earlier try's partial result
         args = client_arguments(handle, str(scenarios), str(out))
-        if handle.launcher == "process":
-            run_client_process(args, ctx.work_dir() / "client.log", self.client_timeout_s)
-        else:
-            self._run_client_container(context, args, ctx, config)
+        try:
+            if handle.launcher == "process":
+                run_client_process(args, ctx.work_dir() / "client.log", self.client_timeout_s)
+            else:
+                self._run_client_container(context, args, ctx, config)
+        finally:
+            stopped = self._server_stopped(handle)
+        if stopped:
+            # An infrastructure failure, not a measurement: fail so that a retry measures
+            # again, and keep the figures out of the store.
+            out.unlink(missing_ok=True)
+            raise EmbenchError(
+                f"the server {handle.name} stopped during the benchmark ({stopped}); "
+                "its partial result was discarded"
+            )
         if not out.is_file():
             raise EmbenchError(f"the load client finished without writing {out}")
         summary = json.loads(out.read_text())
@@ -169,6 +180,17 @@ class BenchmarkClientOperator(_EmbenchDockerOperator):
 
             remove_container(self.cli, handle.container_id or handle.name)
         return ServerHandle.from_dict(self._start_server(context, config))
+
+    def _server_stopped(self, handle: ServerHandle) -> str | None:
+        """Why the server is no longer running, or None while it runs."""
+        if handle.launcher == "docker":
+            from embench.launch.docker_server import container_failure
+
+            self._use_host()
+            return container_failure(self.cli, str(handle.container_id))
+        from embench.launch.process_server import process_failure
+
+        return process_failure(int(handle.pid or 0))
 
     def _run_client_container(
         self, context: Any, args: list[str], ctx: RunContext, config: AppConfig

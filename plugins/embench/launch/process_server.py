@@ -105,6 +105,11 @@ def stop_server_process(pid: int, grace_s: float = 30.0) -> bool:
     return True
 
 
+def process_failure(pid: int) -> str | None:
+    """Why the server process is gone, or None while it runs."""
+    return None if pid and _alive(pid) else f"the server process {pid} is gone"
+
+
 def _alive(pid: int) -> bool:
     try:
         reaped, _ = os.waitpid(pid, os.WNOHANG)  # our child: reap it

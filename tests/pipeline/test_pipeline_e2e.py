@@ -1,0 +1,170 @@
+"""The whole DAG, end to end, on the real model with real launchers, results in the real
+PostgreSQL: the process launcher, the docker launcher, and a server killed mid-benchmark."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from embench.store.db import make_engine, session_scope
+from embench.store.models import Run, ScenarioRow
+
+pytestmark = pytest.mark.slow
+SCENARIOS = "closed-c1,open-r50-poisson"
+
+
+def stored_runs(db_url: str, run_id: str) -> list[tuple[str, int, list[str]]]:
+    """(variant, map index, scenario names) of every stored run of the DAG run."""
+    engine = make_engine(db_url)
+    with session_scope(engine) as session:
+        runs = session.scalars(
+            sa.select(Run).where(Run.dag_run_id == run_id).order_by(Run.map_index)
+        ).all()
+        out = [
+            (
+                run.variant,
+                run.map_index,
+                sorted(
+                    session.scalars(sa.select(ScenarioRow.name).where(ScenarioRow.run_pk == run.id))
+                ),
+            )
+            for run in runs
+        ]
+    engine.dispose()
+    return out
+
+
+def docker_available() -> bool:
+    if not shutil.which("docker"):
+        return False
+    return subprocess.run(["docker", "info"], capture_output=True, check=False).returncode == 0
+
+
+def containers_of(run_id: str) -> list[str]:
+    listed = subprocess.run(
+        [
+            "docker",
+            "ps",
+            "-a",
+            "--filter",
+            f"label=io.embench.run_id={run_id}",
+            "--format",
+            "{{.Names}}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return listed.stdout.split()
+
+
+def test_process_launcher_end_to_end(embench_run, pg_database):
+    db_url = pg_database()
+    run = embench_run(
+        "--variants", "fp32,int8", "--scenarios", SCENARIOS, "--launcher", "process", db_url=db_url
+    )
+    assert run.returncode == 0, run.output[-5000:]
+    run_id = run.run_id()
+    assert stored_runs(db_url, run_id) == [
+        ("fp32", 0, ["closed-c1", "open-r50-poisson"]),
+        ("int8", 1, ["closed-c1", "open-r50-poisson"]),
+    ]
+    assert "report: " in run.output and "closed-c1" in run.output
+    reports = list((run.data_dir / "runs" / "embedding_benchmark").glob("*/report.md"))
+    assert len(reports) == 1 and "| int8 | onnx | closed-c1 |" in reports[0].read_text()
+
+
+@pytest.mark.docker
+def test_docker_launcher_end_to_end_leaves_no_container(embench_run, pg_database):
+    if not docker_available():
+        pytest.skip("no Docker daemon")
+    db_url = pg_database()
+    run = embench_run(
+        "--variants", "fp32", "--scenarios", SCENARIOS, "--launcher", "docker", db_url=db_url
+    )
+    assert run.returncode == 0, run.output[-5000:]
+    run_id = run.run_id()
+    assert stored_runs(db_url, run_id) == [("fp32", 0, ["closed-c1", "open-r50-poisson"])]
+    assert "Starting docker container from image embench-client:latest" in run.output
+    assert containers_of(run_id) == []
+
+
+@pytest.mark.docker
+def test_server_killed_mid_benchmark_fails_clearly_then_the_retry_succeeds(
+    embench_run, pg_database
+):
+    if not docker_available():
+        pytest.skip("no Docker daemon")
+    killed: list[str] = []
+    stop = threading.Event()
+
+    def kill_server_once_the_client_runs() -> None:
+        deadline = time.monotonic() + 400
+        while not stop.is_set() and time.monotonic() < deadline:
+            clients = subprocess.run(
+                [
+                    "docker",
+                    "ps",
+                    "--filter",
+                    "label=io.embench.dag_id=embedding_benchmark",
+                    "--filter",
+                    "name=embench-client",
+                    "--format",
+                    "{{.Names}}",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.split()
+            if clients:
+                time.sleep(2.0)  # into the measurement
+                servers = subprocess.run(
+                    [
+                        "docker",
+                        "ps",
+                        "--filter",
+                        "label=io.embench.dag_id=embedding_benchmark",
+                        "--filter",
+                        "name=embench-server",
+                        "--format",
+                        "{{.Names}}",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                ).stdout.split()
+                for name in servers:
+                    subprocess.run(["docker", "kill", name], capture_output=True, check=False)
+                    killed.append(name)
+                return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_server_once_the_client_runs, daemon=True)
+    killer.start()
+    db_url = pg_database()
+    try:
+        run = embench_run(
+            "--variants",
+            "fp32",
+            "--scenarios",
+            "closed-c1",
+            "--launcher",
+            "docker",
+            db_url=db_url,
+            scenario_seconds=6.0,
+        )
+    finally:
+        stop.set()
+        killer.join(timeout=10)
+    assert killed, "the server container was never killed"
+    assert run.returncode == 0, run.output[-5000:]
+    assert "stopped during the benchmark (container exited with code 137)" in run.output
+    assert "does not answer" in run.output and "starting a new one" in run.output
+    run_id = run.run_id()
+    assert stored_runs(db_url, run_id) == [("fp32", 0, ["closed-c1"])]  # the retry's, once
+    assert containers_of(run_id) == []
