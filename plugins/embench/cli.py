@@ -89,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     from embench.store.commands import add_store_commands  # ingest, history, compare, ...
 
     add_store_commands(commands)
+    from embench.report import add_report_command  # report RUN: Markdown + HTML
+
+    add_report_command(commands)
     return parser
 
 

@@ -245,6 +245,17 @@ def collect(session: Session, ingest_keys: Sequence[str], title: str) -> ReportD
                         "message": flag.get("message", ""),
                     }
                 )
+    rows.sort(
+        key=lambda r: (
+            str(r["model"]),
+            str(r.get("mode")),
+            r.get("concurrency") or 0,
+            r.get("rate") or 0,
+            str(r["scenario"]),
+            str(r["variant"]),
+            str(r["runtime"]),
+        )
+    )
     return ReportData(
         title=title,
         rows=rows,
@@ -380,3 +391,44 @@ def resolve_ingest_keys(session: Session, run: str) -> tuple[list[str], str]:
     pk = resolve_run(session, run)
     key = session.scalar(sa.select(Run.ingest_key).where(Run.id == pk))
     return [str(key)], f"Embedding benchmark {key}"
+
+
+# ------------------------------------------------------------------------- the command
+
+
+def add_report_command(commands: Any) -> None:
+    """Register `embench report RUN` on the `embench` subparsers object."""
+    report = commands.add_parser(
+        "report", help="write a run's report (Markdown and self-contained HTML)"
+    )
+    report.add_argument(
+        "run", help="ingest key, DAG run id (DAG_ID/RUN_ID or RUN_ID), run_id or run number"
+    )
+    report.add_argument(
+        "--out-dir", type=Path, help="folder for report.md/.html (default: data dir)"
+    )
+    report.add_argument("--db-url", help="results database (default: EMBENCH_DB_URL or SQLite)")
+    report.add_argument("--json", action="store_true", help="print the paths as JSON")
+    report.set_defaults(handler=cmd_report)
+
+
+def cmd_report(args: Any) -> int:
+    import json
+    import re
+
+    from embench.paths import data_dir
+    from embench.store.db import make_engine, session_scope, upgrade_to_head
+
+    engine = make_engine(args.db_url)
+    upgrade_to_head(engine)
+    with session_scope(engine) as session:
+        keys, title = resolve_ingest_keys(session, args.run)
+        data = collect(session, keys, title)
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", args.run).strip("_") or "run"
+    out_dir = args.out_dir or data_dir() / "reports" / safe
+    md_path, html_path = write_report(out_dir, data)
+    if args.json:
+        print(json.dumps({"markdown": str(md_path), "html": str(html_path), "runs": keys}))
+    else:
+        print(f"report of {len(keys)} stored run(s): {md_path} and {html_path}")
+    return 0

@@ -291,17 +291,21 @@ def detect_regressions(
 def report(ctx: RunContext) -> str:
     """Write the run's comparison report from what the store holds for this DAG run; returns
     its path. Runs even when some (model, variant) groups failed: what was stored is shown."""
-    from embench.report import markdown, write_markdown
+    from embench.report import collect, write_report
     from embench.store.db import make_engine, session_scope, upgrade_to_head
-    from embench.store.queries import dag_run_ingest_keys, runs_comparison, verdicts_of_runs
+    from embench.store.queries import dag_run_ingest_keys
 
     engine = make_engine()
     upgrade_to_head(engine)
     with session_scope(engine) as session:
         keys = dag_run_ingest_keys(session, ctx.dag_id, ctx.run_id)
-        rows = runs_comparison(session, keys)
-        verdicts = verdicts_of_runs(session, keys)
-    text = markdown(rows, verdicts, f"Embedding benchmark {ctx.dag_id} / {ctx.run_id}")
-    path = write_markdown(ctx.work_dir().parent / "report.md", text)
-    log.info("report: %s (%d stored run(s))\n%s", path, len(keys), text)
+        data = collect(session, keys, f"Embedding benchmark {ctx.dag_id} / {ctx.run_id}")
+    path, html_path = write_report(ctx.work_dir().parent, data)  # report.md, report.html
+    log.info(
+        "report: %s and %s (%d stored run(s))\n%s",
+        path,
+        html_path,
+        len(keys),
+        path.read_text(encoding="utf-8"),
+    )
     return str(path)
