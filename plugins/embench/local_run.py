@@ -99,28 +99,46 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if state.endswith("success") else 1
 
 
+def scenario_seconds(run_dir: Path) -> float:
+    """Time the run's scenarios took, warm-up to end, from the result documents."""
+    from client.result import load_result
+
+    total = 0.0
+    for path in run_dir.glob("map-*/result.json"):
+        for scenario in load_result(path).scenarios:
+            total += (scenario.finished_at - scenario.started_at).total_seconds()
+    return total
+
+
 def print_summary(run_id: str, state: str, seconds: float) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from embench.report import COLUMNS, cell
+    from embench.report import COLUMNS, cell, collect
     from embench.steps import RunContext
     from embench.store.db import make_engine, session_scope
-    from embench.store.queries import dag_run_ingest_keys, runs_comparison
+    from embench.store.queries import dag_run_ingest_keys
 
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)  # logs and CI: room for every column
     with session_scope(make_engine()) as session:
-        rows = runs_comparison(session, dag_run_ingest_keys(session, DAG_ID, run_id))
+        rows = collect(session, dag_run_ingest_keys(session, DAG_ID, run_id), run_id).rows
     table = Table(title=f"{DAG_ID} {run_id}: {state} in {seconds:.0f} s")
     for _, label in COLUMNS:
         table.add_column(label, no_wrap=True)
     for row in rows:
         table.add_row(*(cell(key, row.get(key)) for key, _ in COLUMNS))
     console.print(table)
-    report = RunContext(DAG_ID, run_id).work_dir().parent / "report.md"
-    console.print(f"report: {report}", highlight=False, soft_wrap=True)
+    report = RunContext(DAG_ID, run_id).work_dir().parent
+    inside = scenario_seconds(report)
+    console.print(
+        f"wall time {seconds:.0f} s, of which benchmark scenarios (warm-up included) "
+        f"{inside:.0f} s; {max(seconds - inside, 0) / seconds:.0%} outside them",
+        highlight=False,
+    )
+    console.print(f"report: {report / 'report.html'}", highlight=False, soft_wrap=True)
+    console.print(f"        {report / 'report.md'}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -133,7 +133,7 @@ class BenchmarkClientOperator(_EmbenchDockerOperator):
         config = self._config()
         ctx = run_context(context)
         handle = self._server_answering(context, config)
-        scenarios = write_run_scenarios(self.prepared, ctx, config)
+        scenarios = write_run_scenarios(self.prepared, ctx, config, handle)
         out = result_path(ctx)
         out.unlink(missing_ok=True)  # a failed earlier try's partial result
         args = client_arguments(handle, str(scenarios), str(out))

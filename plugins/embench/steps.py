@@ -236,12 +236,19 @@ def stop_server(handle: dict[str, Any] | None, ctx: RunContext) -> None:
 # ---------------------------------------------------------------------------- benchmark
 
 
-def write_run_scenarios(target: dict[str, Any], ctx: RunContext, config: AppConfig) -> Path:
+def write_run_scenarios(
+    target: dict[str, Any], ctx: RunContext, config: AppConfig, server: ServerHandle
+) -> Path:
+    from embench.report import COLD_START_LABEL
+
+    extra = {"repetition": str(target["repetition"])}
+    if server.start_to_healthy_s is not None:
+        extra[COLD_START_LABEL] = str(server.start_to_healthy_s)
     labels = RunLabels(
         model=target["model"],
         variant=target["variant"],
         runtime=target["runtime"],
-        labels={**ctx.labels(), "repetition": str(target["repetition"])},
+        labels={**ctx.labels(), **extra},
     )
     document = scenario_file(config, target["scenarios"] or None, labels)
     return write_scenario_file(ctx.work_dir() / "scenarios.json", document)
