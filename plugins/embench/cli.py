@@ -9,13 +9,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from embench.config import ALL_VARIANTS, load_config
+from embench.console import stdout
 from embench.errors import ConfigError, EmbenchError
-
-stdout = Console()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,6 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration plugin
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
@@ -123,11 +122,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from client.scenario import RunLabels
     from embench.bench import scenario_file, write_scenario_file
     from embench.paths import data_dir
+    from embench.provenance import git_sha
 
     config = load_config(args.config_dir)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or data_dir() / "results" / f"bench-{stamp}.json"
-    labels = RunLabels(model=args.model, variant=args.variant, labels={"trigger": "cli"})
+    labels = RunLabels(
+        model=args.model, variant=args.variant, git_sha=git_sha(), labels={"trigger": "cli"}
+    )
     scenarios = write_scenario_file(
         out.with_name(out.stem + ".scenarios.json"), scenario_file(config, args.scenario, labels)
     )

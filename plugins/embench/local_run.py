@@ -111,17 +111,14 @@ def scenario_seconds(run_dir: Path) -> float:
 
 
 def print_summary(run_id: str, state: str, seconds: float) -> None:
-    from rich.console import Console
     from rich.table import Table
 
+    from embench.console import stdout as console
     from embench.report import COLUMNS, cell, collect
     from embench.steps import RunContext
     from embench.store.db import make_engine, session_scope
     from embench.store.queries import dag_run_ingest_keys
 
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=160)  # logs and CI: room for every column
     with session_scope(make_engine()) as session:
         rows = collect(session, dag_run_ingest_keys(session, DAG_ID, run_id), run_id).rows
     table = Table(title=f"{DAG_ID} {run_id}: {state} in {seconds:.0f} s")

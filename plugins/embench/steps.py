@@ -19,6 +19,7 @@ from embench.errors import ConfigError, EmbenchError
 from embench.hosts import Host, make_provisioner
 from embench.launch.handle import ServerHandle
 from embench.paths import data_dir
+from embench.provenance import git_sha
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +249,7 @@ def write_run_scenarios(
         model=target["model"],
         variant=target["variant"],
         runtime=target["runtime"],
+        git_sha=git_sha(),
         labels={**ctx.labels(), **extra},
     )
     document = scenario_file(config, target["scenarios"] or None, labels)

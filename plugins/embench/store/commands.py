@@ -10,13 +10,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import Engine
 
+from embench.console import stdout
 from embench.errors import EmbenchError
-
-stdout = Console()
 
 
 def add_store_commands(commands: Any) -> None:
