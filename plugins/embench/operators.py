@@ -206,7 +206,9 @@ class BenchmarkClientOperator(_EmbenchDockerOperator):
             Mount(work, work, type="bind"),
             Mount("/var/run/docker.sock", "/var/run/docker.sock", type="bind", read_only=True),
         ]
-        self.container_name = f"embench-client-{ctx.map_index}-{ctx.try_number}"
+        # Unique per run, map index and try: runs of other DAG runs may share the daemon.
+        self.container_name = server_name(ctx).replace("embench-server-", "embench-client-", 1)
+        self.container_name += f"-{ctx.try_number}"
         self.labels = {**ctx.container_labels(), "io.embench.managed": "true"}
         self.auto_remove = "force"
         self.mount_tmp_dir = False
