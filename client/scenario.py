@@ -63,7 +63,12 @@ class ParamsModel(BaseModel):
                     raise PydanticCustomError(
                         "unknown_key",
                         "unknown key {quoted}{hint}; expected one of: {allowed}",
-                        {"quoted": repr(key), "hint": hint, "allowed": ", ".join(allowed)},
+                        {
+                            "key": key,
+                            "quoted": repr(key),
+                            "hint": hint,
+                            "allowed": ", ".join(allowed),
+                        },
                     )
         return data
 

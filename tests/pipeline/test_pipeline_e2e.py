@@ -103,42 +103,30 @@ def test_server_killed_mid_benchmark_fails_clearly_then_the_retry_succeeds(
     killed: list[str] = []
     stop = threading.Event()
 
+    def running(name_prefix: str) -> list[str]:
+        listed = subprocess.run(
+            [
+                "docker",
+                "ps",
+                "--filter",
+                "label=io.embench.dag_id=embedding_benchmark",
+                "--filter",
+                f"name={name_prefix}",
+                "--format",
+                "{{.Names}}",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return listed.stdout.split()
+
     def kill_server_once_the_client_runs() -> None:
         deadline = time.monotonic() + 400
         while not stop.is_set() and time.monotonic() < deadline:
-            clients = subprocess.run(
-                [
-                    "docker",
-                    "ps",
-                    "--filter",
-                    "label=io.embench.dag_id=embedding_benchmark",
-                    "--filter",
-                    "name=embench-client",
-                    "--format",
-                    "{{.Names}}",
-                ],
-                capture_output=True,
-                text=True,
-                check=False,
-            ).stdout.split()
-            if clients:
+            if running("embench-client"):
                 time.sleep(2.0)  # into the measurement
-                servers = subprocess.run(
-                    [
-                        "docker",
-                        "ps",
-                        "--filter",
-                        "label=io.embench.dag_id=embedding_benchmark",
-                        "--filter",
-                        "name=embench-server",
-                        "--format",
-                        "{{.Names}}",
-                    ],
-                    capture_output=True,
-                    text=True,
-                    check=False,
-                ).stdout.split()
-                for name in servers:
+                for name in running("embench-server"):
                     subprocess.run(["docker", "kill", name], capture_output=True, check=False)
                     killed.append(name)
                 return

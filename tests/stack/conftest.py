@@ -4,9 +4,7 @@ deployment is always stopped and the databases always dropped, whether the test 
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,44 +14,19 @@ from embench.config import load_config
 from embench.prepare import prepare_model
 from tests.stack.helpers import AirflowStack, write_short_config
 
-PG_ADMIN_URL = os.environ.get(
-    "EMBENCH_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 MODEL = "all-minilm-l6-v2"
 VARIANT = "fp32"
 
 
 @pytest.fixture(scope="module")
-def pg_databases() -> Iterator[dict[str, str]]:
+def pg_databases(pg_database: Callable[[], str]) -> dict[str, str]:
     """Two empty databases, as SQLAlchemy URLs: `metadata` (psycopg2, Airflow's default
-    driver) and `results` (psycopg, the results store's). Dropped at the end."""
-    admin = sa.create_engine(
-        PG_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
-    )
-    try:
-        with admin.connect():
-            pass
-    except sa.exc.OperationalError as exc:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL unavailable at {PG_ADMIN_URL}: {exc.orig}")
-    suffix = uuid.uuid4().hex[:10]
-    names = {"metadata": f"embench_stack_af_{suffix}", "results": f"embench_stack_res_{suffix}"}
-    base = sa.make_url(PG_ADMIN_URL)
-    try:
-        with admin.connect() as conn:
-            for name in names.values():
-                conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        yield {
-            "metadata": base.set(
-                drivername="postgresql+psycopg2", database=names["metadata"]
-            ).render_as_string(hide_password=False),
-            "results": base.set(database=names["results"]).render_as_string(hide_password=False),
-        }
-    finally:
-        with admin.connect() as conn:
-            for name in names.values():
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    driver) and `results` (psycopg, the results store's); dropped at the session's end."""
+    metadata = sa.make_url(pg_database()).set(drivername="postgresql+psycopg2")
+    return {
+        "metadata": metadata.render_as_string(hide_password=False),
+        "results": pg_database(),
+    }
 
 
 @pytest.fixture(scope="module")

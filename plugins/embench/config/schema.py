@@ -1,59 +1,35 @@
 """Typed configuration: config/models.yaml and config/benchmark.yaml.
 
-These models are the one config schema of the project. Every model is strict (YAML already
-gives typed values, so a quoted number is a mistake worth reporting) and rejects unknown keys
-with a hint, so a typo never silently falls back to a default.
+These models are the one config schema of the project; its scenario, warm-up and stability
+parts are the load client's own models (client.scenario), which the client also reads from
+the scenario files the pipeline writes. Every model here is strict (YAML already gives typed
+values, so a quoted number is a mistake worth reporting) and rejects unknown keys with a
+hint, so a typo never silently falls back to a default.
 """
 
 from __future__ import annotations
 
-import difflib
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    NonNegativeFloat,
-    NonNegativeInt,
-    PositiveFloat,
-    PositiveInt,
-    field_validator,
-    model_validator,
+from pydantic import ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
+
+from client.scenario import (
+    Identifier,
+    ParamsModel,
+    ScenarioParams,
+    StabilityParams,
+    WarmupParams,
 )
-from pydantic_core import PydanticCustomError
 
-Identifier = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
 Variant = Literal["fp32", "optimized", "int8"]
 ALL_VARIANTS: tuple[Variant, ...] = ("fp32", "optimized", "int8")
-LengthBucket = Literal["short", "medium", "long"]
-# Target token counts of the client's length buckets (about 32, 128 and 512 tokens).
-LENGTH_BUCKET_TOKENS: dict[str, int] = {"short": 32, "medium": 128, "long": 512}
 
 
-class StrictModel(BaseModel):
+class StrictModel(ParamsModel):
+    """The client's parameter base (unknown keys rejected with a hint), strict: YAML already
+    gives typed values, so a quoted number is a mistake worth reporting."""
+
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _reject_unknown_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            allowed = list(cls.model_fields)
-            for key in data:
-                if key not in allowed:
-                    close = difflib.get_close_matches(str(key), allowed, n=1)
-                    hint = f" (did you mean {close[0]!r}?)" if close else ""
-                    raise PydanticCustomError(
-                        "unknown_key",
-                        "unknown key {quoted}{hint}; expected one of: {allowed}",
-                        {
-                            "key": key,
-                            "quoted": repr(key),
-                            "hint": hint,
-                            "allowed": ", ".join(allowed),
-                        },
-                    )
-        return data
 
 
 # ---------------------------------------------------------------- models.yaml
@@ -93,7 +69,9 @@ class ModelConfig(StrictModel):
     embedding_dim: PositiveInt
     pooling: Literal["mean", "cls"]
     normalize: bool = True
-    variants: Annotated[list[Variant], Field(min_length=1)] = list(ALL_VARIANTS)
+    variants: Annotated[list[Variant], Field(min_length=1)] = Field(
+        default_factory=lambda: list(ALL_VARIANTS)
+    )
 
     @field_validator("variants")
     @classmethod
@@ -110,51 +88,20 @@ class ModelsFile(StrictModel):
 # ------------------------------------------------------------- benchmark.yaml
 
 
-class WarmupConfig(StrictModel):
-    """Requests sent before measuring; excluded from every statistic."""
-
-    requests: NonNegativeInt = 50
-    duration_s: NonNegativeFloat = 5.0
+# The scenario, warm-up and stability models are the client's own (one schema, used by the
+# load client and by this file), read strictly here.
 
 
-class StabilityConfig(StrictModel):
-    """perf_analyzer-style stability: the last `windows` windows agree within `tolerance`."""
-
-    window_s: PositiveFloat = 2.0
-    windows: Annotated[int, Field(ge=2)] = 3
-    tolerance: Annotated[float, Field(gt=0, lt=1)] = 0.10
-    extend_until_stable: bool = False
-    max_trials: PositiveInt = 3
+class WarmupConfig(WarmupParams):
+    model_config = StrictModel.model_config
 
 
-class ScenarioConfig(StrictModel):
-    name: Identifier
-    mode: Literal["closed", "open"]
-    concurrency: PositiveInt | None = None
-    rate: PositiveFloat | None = None
-    arrival: Literal["poisson", "constant"] = "poisson"
-    min_requests: PositiveInt = 200
-    min_duration_s: PositiveFloat = 10.0
-    max_duration_s: PositiveFloat = 120.0
-    texts_per_request: Annotated[int, Field(gt=0, le=2048)] = 1
-    length_bucket: LengthBucket = "short"
+class StabilityConfig(StabilityParams):
+    model_config = StrictModel.model_config
 
-    @model_validator(mode="after")
-    def _mode_parameters(self) -> ScenarioConfig:
-        if self.mode == "closed":
-            if self.concurrency is None:
-                raise ValueError("a closed-loop scenario needs 'concurrency'")
-            if self.rate is not None:
-                raise ValueError("'rate' applies to open-loop scenarios only (mode: open)")
-        else:
-            if self.rate is None:
-                raise ValueError("an open-loop scenario needs 'rate' (requests per second)")
-        if self.max_duration_s < self.min_duration_s:
-            raise ValueError(
-                f"max_duration_s ({self.max_duration_s}) is below min_duration_s "
-                f"({self.min_duration_s})"
-            )
-        return self
+
+class ScenarioConfig(ScenarioParams):
+    model_config = StrictModel.model_config
 
 
 class ServerLimits(StrictModel):
@@ -188,7 +135,9 @@ class ServerConfig(StrictModel):
 class RegressionConfig(StrictModel):
     """How a new result is judged against the history of its comparability key."""
 
-    metrics: Annotated[list[str], Field(min_length=1)] = ["qps", "p50_ms", "p99_ms"]
+    metrics: Annotated[list[str], Field(min_length=1)] = Field(
+        default_factory=lambda: ["qps", "p50_ms", "p99_ms"]
+    )
     lookback: Annotated[int, Field(ge=3)] = 20  # most recent comparable nights used
     min_history: Annotated[int, Field(ge=2)] = 5  # fewer -> "no baseline"
     z_threshold: PositiveFloat = 5.0  # robust z-score that is a verdict on its own...
