@@ -54,3 +54,11 @@ def test_run_context_keys_results_and_containers():
 def test_auto_launcher_falls_back_to_process_without_a_daemon(tmp_path):
     assert steps.resolve_launcher("auto", f"unix://{tmp_path}/no-docker.sock") == "process"
     assert steps.resolve_launcher("docker", f"unix://{tmp_path}/no-docker.sock") == "docker"
+
+
+def test_an_ec2_hosts_docker_daemon_is_reached_over_ssh():
+    # docker's ssh:// transport needs paramiko; without it the error names the package.
+    with pytest.raises(Exception) as caught:
+        steps.docker_client("ssh://nobody@127.0.0.1:9")
+    assert "paramiko" not in str(caught.value).lower()
+    assert "Unable to connect to port 9 on 127.0.0.1" in str(caught.value)
