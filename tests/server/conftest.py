@@ -265,24 +265,28 @@ def wait_healthy_http(container: Container, timeout_s: float = 120) -> None:
     raise AssertionError(f"server container not healthy in {timeout_s} s:\n{container.logs()}")
 
 
-@pytest.fixture(scope="session")
-def server_image() -> str:
-    """EMBENCH_SERVER_IMAGE when set (CI builds it once), else built here (layer-cached)."""
+def built_image(env_var: str, target: str, tag: str, timeout_s: int) -> str:
+    """The image named by `env_var` when set (CI builds it once), else the Dockerfile's
+    `target` built here as `tag` (layer-cached)."""
     if not docker_ready():
         pytest.skip("no Docker engine answers `docker info`")
-    if image := os.environ.get("EMBENCH_SERVER_IMAGE"):
+    if image := os.environ.get(env_var):
         docker("image", "inspect", image)
         return image
-    tag = "embench-server:test"
     build = subprocess.run(
-        [str(REPO_ROOT / "server" / "build_image.sh"), "--target", "onnx", "--tag", tag],
+        [str(REPO_ROOT / "server" / "build_image.sh"), "--target", target, "--tag", tag],
         capture_output=True,
         text=True,
-        timeout=1200,
+        timeout=timeout_s,
         check=False,
     )
     assert build.returncode == 0, f"image build failed:\n{build.stdout[-3000:]}\n{build.stderr}"
     return tag
+
+
+@pytest.fixture(scope="session")
+def server_image() -> str:
+    return built_image("EMBENCH_SERVER_IMAGE", "onnx", "embench-server:test", 1200)
 
 
 @pytest.fixture(scope="session")
@@ -300,19 +304,4 @@ def containers(server_image: str) -> Iterator[ContainerFactory]:
 
 @pytest.fixture(scope="session")
 def torch_server_image() -> str:
-    """EMBENCH_SERVER_TORCH_IMAGE when set, else the torch target built here (layer-cached)."""
-    if not docker_ready():
-        pytest.skip("no Docker engine answers `docker info`")
-    if image := os.environ.get("EMBENCH_SERVER_TORCH_IMAGE"):
-        docker("image", "inspect", image)
-        return image
-    tag = "embench-server:torch-test"
-    build = subprocess.run(
-        [str(REPO_ROOT / "server" / "build_image.sh"), "--target", "torch", "--tag", tag],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
-    assert build.returncode == 0, f"image build failed:\n{build.stdout[-3000:]}\n{build.stderr}"
-    return tag
+    return built_image("EMBENCH_SERVER_TORCH_IMAGE", "torch", "embench-server:torch-test", 1800)
