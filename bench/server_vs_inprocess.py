@@ -1,25 +1,33 @@
 """How close does the server run to the runtime's own limit? One run, ratios printed.
 
   1. server QPS at concurrency 16, one text per request / best in-process throughput of the same
-     variant (any batch size, same threads; tokenize + run + pool + normalize)      goal >= 0.9
+     variant on the same threads (any batch size; by default any split of the threads into
+     streams x intra-op threads too; tokenize + run + pool + normalize)           goal >= 0.9
   2. server QPS / a naive per-request FastAPI + ORT server (bench/server_naive.py), same load
   3. HTTP overhead at concurrency 1: server p50 - in-process single-text p50 (ms)
   4. optionally (--infinity-venv): server QPS / infinity-emb serving the same ONNX model
 
-The machine is shared and noisy, so the measurements are interleaved over --rounds rounds and
-each ratio is taken within a round; the median over rounds is printed. The load generator is one
-uvloop + aiohttp process with a connection pool, sending pre-encoded bodies.
+The machine is shared and noisy, so the measurements are interleaved in slices and each ratio is
+taken within a slice; the median over slices is printed. The load generator is wrk (C, one
+thread, keep-alive connections, closed loop: each connection sends its next request when the
+last one is answered), cycling through pre-encoded bodies: it runs on the same cores as the
+servers, so it must cost them as little as possible; its own CPU use is printed.
 
     .venv/bin/python bench/server_vs_inprocess.py [--model-dir DIR | --variant fp32]
-        [--threads 2] [--duration 10] [--rounds 2] [--infinity-venv /tmp/infinity-venv]
+        [--threads 2] [--workers 2] [--duration 10] [--infinity-venv /tmp/infinity-venv]
+
+Needs wrk (Debian package `wrk`). infinity-emb goes into a virtualenv of its own:
+    python3.11 -m venv /tmp/infinity-venv
+    /tmp/infinity-venv/bin/pip install "infinity-emb[server,optimum]==0.0.78" torch==2.13.0
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
+import re
+import resource
 import shutil
 import signal
 import socket
@@ -31,7 +39,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import orjson
 
 REPO = Path(__file__).resolve().parents[1]
@@ -230,57 +237,71 @@ def check_parity(served: Served, embedder, texts: list[str]) -> float:
 # ---- load generation ---------------------------------------------------------------------
 @dataclass
 class Slice:
-    """One measured slice: completions inside a fixed window (unbiased in steady state)."""
+    """One measured slice of closed-loop load."""
 
     per_s: float
-    latencies_ms: list[float]
+    p50_ms: float
     errors: int
+    loadgen_cpu: float  # the load generator's CPU seconds per second (1.0 = one core)
+
+
+_WRK_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def wrk_script(served: Served, texts: list[str], directory: Path) -> Path:
+    """A wrk Lua script that POSTs the texts' bodies in turn, one per request."""
+    path = directory / f"wrk-{served.name}.lua"
+    bodies = ",\n".join("  " + json.dumps(served.body(t).decode()) for t in texts)
+    path.write_text(
+        f"local bodies = {{\n{bodies}\n}}\n"
+        "local i = 0\n"
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        "request = function()\n"
+        "  i = i % #bodies + 1\n"
+        "  return wrk.format(nil, nil, nil, bodies[i])\n"
+        "end\n"
+    )
+    return path
+
+
+def parse_wrk(out: str) -> tuple[float, float, int]:
+    """Requests/s, p50 (ms) and failed requests (non-2xx and socket errors) from wrk's output."""
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p50 = re.search(r"^\s+50%\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
+    if rate is None or p50 is None:
+        raise RuntimeError(f"cannot read wrk's output:\n{out}")
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses:\s+(\d+)", out))
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if socket:
+        errors += sum(int(n) for n in socket.groups())
+    return float(rate.group(1)), float(p50.group(1)) * _WRK_UNITS[p50.group(2)], errors
 
 
 class LoadGen:
-    """Closed-loop clients on one event loop, one keep-alive connection pool per target."""
+    """Closed-loop load from wrk, one script (body rotation) per target."""
 
-    def __init__(self, texts: list[str]) -> None:
+    def __init__(self, texts: list[str], directory: Path) -> None:
         self.texts = texts
-        self.sessions: dict[str, aiohttp.ClientSession] = {}
+        self.directory = directory
+        self.scripts: dict[str, Path] = {}
 
-    async def close(self) -> None:
-        for session in self.sessions.values():
-            await session.close()
-
-    async def run(
-        self, served: Served, concurrency: int, duration_s: float, warmup_s: float = 0.3
-    ) -> Slice:
-        session = self.sessions.get(served.name)
-        if session is None:
-            connector = aiohttp.TCPConnector(limit=64)
-            session = self.sessions[served.name] = aiohttp.ClientSession(connector=connector)
-        bodies = [served.body(t) for t in self.texts]
-        headers = {"content-type": "application/json"}
-        start = time.perf_counter() + warmup_s
-        end = start + duration_s
-        latencies: list[float] = []
-        errors = 0
-
-        async def client(k: int) -> None:
-            nonlocal errors
-            i = k
-            while (sent := time.perf_counter()) < end:
-                async with session.post(
-                    served.url, data=bodies[i % len(bodies)], headers=headers
-                ) as r:
-                    await r.read()
-                    ok = r.status == 200
-                done = time.perf_counter()
-                if start <= done <= end:
-                    if ok:
-                        latencies.append((done - sent) * 1e3)
-                    else:
-                        errors += 1
-                i += concurrency
-
-        await asyncio.gather(*(client(k) for k in range(concurrency)))
-        return Slice(per_s=len(latencies) / duration_s, latencies_ms=latencies, errors=errors)
+    def run(self, served: Served, concurrency: int, duration_s: float) -> Slice:
+        script = self.scripts.get(served.name)
+        if script is None:
+            script = self.scripts[served.name] = wrk_script(served, self.texts, self.directory)
+        command = ["wrk", "-t1", f"-c{concurrency}", f"-d{duration_s:g}s", "--latency"]
+        command += ["-s", str(script), served.url]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        out = subprocess.run(
+            command, capture_output=True, text=True, check=True, timeout=duration_s + 60
+        ).stdout
+        elapsed = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        per_s, p50_ms, errors = parse_wrk(out)
+        return Slice(per_s=per_s, p50_ms=p50_ms, errors=errors, loadgen_cpu=cpu / elapsed)
 
 
 # ---- in-process --------------------------------------------------------------------------
@@ -370,21 +391,24 @@ def parse_args() -> argparse.Namespace:
         help="total threads, for the server and for in-process runs alike",
     )
     parser.add_argument(
-        "--workers", type=int, default=1, help="server inference workers (threads are split)"
+        "--workers",
+        default="auto",
+        help="server inference workers, the threads split between them; auto: the split of "
+        "the best in-process layout",
     )
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per point")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per point")
     parser.add_argument(
-        "--slice", type=float, default=2.0, help="interleaving grain: each point is measured "
+        "--slice", type=float, default=2.5, help="interleaving grain: each point is measured "
         "in slices of this many seconds, alternating with the points it is compared to",
     )  # fmt: skip
     parser.add_argument("--batch-sizes", default="1,2,4,8,16,32,64")
     parser.add_argument(
         "--inprocess-layouts",
         choices=["same", "all"],
-        default="same",
-        help="in-process baseline: the server's own layout (workers x threads) at any batch "
-        "size, or also every other split of the same total threads (stricter)",
+        default="all",
+        help="in-process baseline: every split of the total threads into streams x intra-op "
+        "threads at any batch size (all), or only the server's own split (same)",
     )
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--infinity-venv", type=Path, help="venv with infinity-emb installed")
@@ -393,52 +417,62 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp/embench-bench-server"))
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.workers != "auto":
+        try:
+            args.workers = int(args.workers)
+        except ValueError:
+            parser.error(f"--workers: expected a number or auto, got {args.workers!r}")
+        if args.workers < 1 or args.threads % args.workers:
+            parser.error("--workers must divide --threads")
+    elif args.inprocess_layouts == "same":
+        parser.error("--inprocess-layouts same needs --workers N")
+    return args
 
 
 def pick_layouts(embedders: dict, texts: list[str], layouts: list[Layout]) -> list[Layout]:
-    """The two best in-process layouts, from two interleaved sweeps (the machine is noisy)."""
+    """The in-process layouts, best first, from two interleaved sweeps (the machine is noisy)."""
     runs: dict[Layout, list[float]] = {layout: [] for layout in layouts}
     for _ in range(2):
         for layout in layouts:
             runs[layout].append(inprocess_layout(embedders, texts, layout, 1.5))
     best = {layout: max(v) for layout, v in runs.items()}
     print("in-process sweep (texts/s): " + ", ".join(f"{k}={v:.0f}" for k, v in best.items()))
-    return sorted(best, key=best.get, reverse=True)[:2]
+    return sorted(best, key=best.get, reverse=True)
 
 
-async def measure(args: argparse.Namespace, model_dir: Path) -> dict[str, object]:
+def measure(args: argparse.Namespace, model_dir: Path) -> dict[str, object]:
     from server.runtime.onnx_embedder import OnnxEmbedder
 
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk not found: apt-get install -y wrk")
     texts = make_texts(512)
-    if args.threads % args.workers:
-        raise SystemExit("--threads must be a multiple of --workers")
-    server_threads = args.threads // args.workers
     if args.inprocess_layouts == "all":
         # Every way to spend the same total threads: streams x intra-op threads.
         splits = [
             (s, args.threads // s) for s in range(1, args.threads + 1) if args.threads % s == 0
         ]
     else:  # the server's own layout: its workers x its threads per worker
-        splits = [(args.workers, server_threads)]
-    embedders = {
-        t: OnnxEmbedder(model_dir, intra_op_threads=t)
-        for t in {t for _, t in splits} | {args.threads, server_threads}
-    }
-    embedder = embedders[args.threads]
+        splits = [(args.workers, args.threads // args.workers)]
+    embedders = {t: OnnxEmbedder(model_dir, intra_op_threads=t) for t in {t for _, t in splits}}
     sizes = [int(b) for b in args.batch_sizes.split(",")]
-    layouts = [Layout(s, t, b) for s, t in splits for b in sizes]
-    tokens = [t.n_tokens for t in embedder.tokenize(texts)]
+    tokens = [t.n_tokens for t in next(iter(embedders.values())).tokenize(texts)]
     print(
-        f"model {model_dir}\n{args.threads} threads in all (server: {args.workers} worker(s) x "
-        f"{server_threads}), concurrency {args.concurrency}, "
-        f"{args.duration:.0f} s per point in {args.slice:.0f} s interleaved slices, "
+        f"model {model_dir}\n{args.threads} threads in all, concurrency {args.concurrency}, "
+        f"{args.duration:g} s per point in {args.slice:g} s interleaved slices, "
         f"texts of {statistics.mean(tokens):.1f} tokens on average"
     )
+    ranked = pick_layouts(embedders, texts, [Layout(s, t, b) for s, t in splits for b in sizes])
+    best_layouts = ranked[:2]
+    workers = ranked[0].streams if args.workers == "auto" else args.workers
+    server_threads = args.threads // workers
+    if server_threads not in embedders:
+        embedders[server_threads] = OnnxEmbedder(model_dir, intra_op_threads=server_threads)
+    print(f"server: {workers} worker(s) x {server_threads} thread(s)")
     servers: list[Served] = []
-    load = LoadGen(texts)
+    load = LoadGen(texts, args.log_dir)
     try:
-        ours = start_ours(model_dir, server_threads, args.workers, args.log_dir)
+        ours = start_ours(model_dir, server_threads, workers, args.log_dir)
         servers.append(ours)
         if not args.skip_naive:
             servers.append(start_naive(model_dir, args.threads, args.log_dir))
@@ -452,49 +486,52 @@ async def measure(args: argparse.Namespace, model_dir: Path) -> dict[str, object
                     args.infinity_optimize,
                 )
             )
+        reference = embedders[server_threads]
         for served in servers:
-            cosine = check_parity(served, embedder, texts[:8])
+            cosine = check_parity(served, reference, texts[:8])
             print(f"{served.name}: min cosine vs in-process over 8 texts {cosine:.6f}")
             if cosine < 0.999:
                 raise SystemExit(f"{served.name} does not compute the same embeddings")
-        for served in servers:  # warm the connection pools and the servers
-            await load.run(served, args.concurrency, 1.0)
+        for served in servers:  # warm the servers
+            load.run(served, args.concurrency, 2.0)
 
-        best_layouts = pick_layouts(embedders, texts, layouts)
         slices = max(1, round(args.duration / args.slice))
         inproc: list[float] = []
         qps: dict[str, list[float]] = {s.name: [] for s in servers}
+        loadgen_cpu: list[float] = []
         errors = 0
         for _ in range(slices):  # throughput at concurrency C, interleaved
             inproc.append(
                 max(inprocess_layout(embedders, texts, x, args.slice / 2) for x in best_layouts)
             )
             for served in servers:
-                result = await load.run(served, args.concurrency, args.slice)
+                result = load.run(served, args.concurrency, args.slice)
                 qps[served.name].append(result.per_s)
                 errors += result.errors
+                if served is ours:
+                    loadgen_cpu.append(result.loadgen_cpu)
         single: list[float] = []
         c1: list[float] = []
         c1_pairs: list[float] = []
         for _ in range(slices):  # latency at concurrency 1, interleaved
-            a = inprocess_single_latencies_ms(embedders[server_threads], texts, args.slice)
-            b = (await load.run(ours, 1, args.slice)).latencies_ms
-            single += a
-            c1 += b
-            c1_pairs.append(statistics.median(b) - statistics.median(a))
+            a = statistics.median(inprocess_single_latencies_ms(reference, texts, args.slice))
+            b = load.run(ours, 1, args.slice).p50_ms
+            single.append(a)
+            c1.append(b)
+            c1_pairs.append(b - a)
     finally:
-        await load.close()
         for served in servers:
             served.stop()
 
     med = statistics.median
     figures: dict[str, object] = {
         "threads": args.threads,
-        "server_workers": args.workers,
+        "server_workers": workers,
         "concurrency": args.concurrency,
         "best_inprocess_layouts": [str(x) for x in best_layouts],
         "inprocess_best_texts_per_s": med(inproc),
         "errors": errors,
+        "loadgen_cpu_cores": med(loadgen_cpu),
     }
     for name, values in qps.items():
         figures[f"{name}_qps"] = med(values)
@@ -503,9 +540,9 @@ async def measure(args: argparse.Namespace, model_dir: Path) -> dict[str, object
             if name != "server"
             else 1.0
         )
-    figures["ratio_server_vs_inprocess"] = med(
-        [o / i for o, i in zip(qps["server"], inproc, strict=True)]
-    )
+    per_slice = [o / i for o, i in zip(qps["server"], inproc, strict=True)]
+    figures["ratio_server_vs_inprocess"] = med(per_slice)
+    figures["ratio_server_vs_inprocess_range"] = [min(per_slice), max(per_slice)]
     figures["server_p50_ms_c1"] = med(c1)
     figures["inprocess_single_p50_ms"] = med(single)
     figures["http_overhead_ms_c1"] = med(c1_pairs)
@@ -525,11 +562,15 @@ def report(figures: dict[str, object], args: argparse.Namespace) -> None:
     print(
         f"server c{f['concurrency']}, 1 text/request         {f['server_qps']:8.1f} QPS "
         f"({f['server_workers']} worker(s) x {f['threads'] // f['server_workers']} threads, "
-        f"{f['errors']} errors)"
+        f"{f['errors']} errors; wrk used {100 * f['loadgen_cpu_cores']:.1f}% of a core)"
     )
     ratio = f["ratio_server_vs_inprocess"]
     verdict = "met" if ratio >= 0.9 else "NOT met"
-    print(f"ratio server / in-process best    {ratio:.3f}  (goal >= 0.9: {verdict})")
+    low, high = f["ratio_server_vs_inprocess_range"]
+    print(
+        f"ratio server / in-process best    {ratio:.3f}  (goal >= 0.9: {verdict}; slices "
+        f"{low:.3f} to {high:.3f})"
+    )
     if "naive_qps" in f:
         print(
             f"ratio server / naive per-request  {f['ratio_server_vs_naive']:.3f}  "
@@ -555,12 +596,7 @@ def main() -> int:
     args = parse_args()
     model_dir = args.model_dir or prepared_dir(args.model, args.variant)
     args.log_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        import uvloop
-
-        figures = uvloop.run(measure(args, model_dir))
-    except ImportError:
-        figures = asyncio.run(measure(args, model_dir))
+    figures = measure(args, model_dir)
     report(figures, args)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))

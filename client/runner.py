@@ -53,7 +53,7 @@ from client.target import (
 from client.workload import TextSource, TokenCounter, Workload, load_corpus
 
 # /info keys that configure the server (the comparability-relevant server config)
-SERVER_CONFIG_KEYS = ("runtime", "threads", "spinning", "batching", "max_seq_length")
+SERVER_CONFIG_KEYS = ("runtime", "threads", "workers", "spinning", "batching", "max_seq_length")
 
 
 class Interrupted(Exception):

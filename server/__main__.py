@@ -46,6 +46,8 @@ def main() -> int:
         http=_best("httptools", "h11"),
         lifespan="on",
         access_log=settings.access_log,
+        # X-Forwarded-For only matters to the access log; without it, skip the middleware.
+        proxy_headers=settings.access_log,
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.graceful_timeout_s) or None,
         server_header=False,

@@ -18,7 +18,6 @@ import os
 import platform
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -29,10 +28,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from server import __version__
-from server.batcher import Batcher, EmbedResult, InferenceError, QueueFull, ShuttingDown
+from server.batcher import (
+    Batcher,
+    EmbedResult,
+    InferenceError,
+    QueueFull,
+    ShuttingDown,
+    TextTooLong,
+    TokenizationError,
+)
 from server.config import ServerSettings
 from server.metrics import ServerMetrics
 from server.model import LoadedModel, load_model, warm_up
@@ -48,7 +56,6 @@ from server.protocol import (
     parse_json,
     parse_openai,
 )
-from server.runtime.base import TokenizedText
 
 log = logging.getLogger("server")
 
@@ -65,7 +72,6 @@ class ServerState:
     error: str | None = None
     model: LoadedModel | None = None
     batcher: Batcher | None = None
-    tokenize_pool: ThreadPoolExecutor | None = None
     started_at: float = field(default_factory=time.time)
     ready_at: float | None = None
     on_fatal: Callable[[], None] | None = None  # set by __main__: stop the server
@@ -112,9 +118,16 @@ async def read_body(request: Request, limit: int) -> bytes:
                 code="body_too_large",
                 headers={"Connection": "close"},
             )
+    # ASGI messages straight from receive(): a small body is one message.
     chunks: list[bytes] = []
     received = 0
-    async for chunk in request.stream():
+    more = True
+    while more:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        more = message.get("more_body", False)
         received += len(chunk)
         if received > limit:
             raise ApiError(
@@ -125,22 +138,7 @@ async def read_body(request: Request, limit: int) -> bytes:
                 headers={"Connection": "close"},
             )
         chunks.append(chunk)
-    return b"".join(chunks)
-
-
-@dataclass
-class _Computed:
-    result: EmbedResult
-    tokenized: list[TokenizedText]
-    tokenization_s: float
-
-    @property
-    def prompt_tokens(self) -> int:
-        return sum(item.n_tokens for item in self.tokenized)
-
-    @property
-    def truncated(self) -> list[bool]:
-        return [item.truncated for item in self.tokenized]
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def create_app(settings: ServerSettings, *, loader: Loader | None = None) -> FastAPI:
@@ -150,9 +148,6 @@ def create_app(settings: ServerSettings, *, loader: Loader | None = None) -> Fas
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state.tokenize_pool = ThreadPoolExecutor(
-            settings.tokenizer_threads, thread_name_prefix="tokenize"
-        )
         loading = asyncio.create_task(_load(state), name="load-model")
         try:
             yield
@@ -164,7 +159,6 @@ def create_app(settings: ServerSettings, *, loader: Loader | None = None) -> Fas
             if state.batcher is not None:
                 finished = await state.batcher.stop(settings.graceful_timeout_s)
                 log.info("inference worker stopped (%s)", "drained" if finished else "timed out")
-            state.tokenize_pool.shutdown(wait=False, cancel_futures=True)
 
     app = EmbenchApp(
         title="embench inference server",
@@ -223,14 +217,11 @@ def create_app(settings: ServerSettings, *, loader: Loader | None = None) -> Fas
     async def embed(request: Request) -> Response:
         async def handle(payload: object) -> Response:
             parsed = parse_embed(payload, settings.max_texts_per_request)
-            computed = await _compute(state, parsed.texts, "texts", truncate=parsed.truncate)
+            result = await _compute(state, parsed.texts, "texts", truncate=parsed.truncate)
             body = embed_response(
-                computed.result.vectors,
-                state.model_name,
-                computed.prompt_tokens,
-                computed.truncated,
+                result.vectors, state.model_name, prompt_tokens(result), truncated_flags(result)
             )
-            return _embedding_response(body, computed, handler_started)
+            return _embedding_response(body, result, handler_started)
 
         handler_started = time.perf_counter()
         return await _handle(state, request, "/embed", handle, handler_started)
@@ -250,15 +241,15 @@ def create_app(settings: ServerSettings, *, loader: Loader | None = None) -> Fas
             parsed = parse_openai(
                 payload, settings.max_texts_per_request, state.model.embedder.embedding_dim
             )
-            computed = await _compute(state, parsed.texts, "input", truncate=True)
+            result = await _compute(state, parsed.texts, "input", truncate=True)
             body = openai_response(
-                computed.result.vectors,
+                result.vectors,
                 state.model_name,
-                computed.prompt_tokens,
+                prompt_tokens(result),
                 parsed.encoding_format,
-                computed.truncated,
+                truncated_flags(result),
             )
-            return _embedding_response(body, computed, handler_started)
+            return _embedding_response(body, result, handler_started)
 
         handler_started = time.perf_counter()
         return await _handle(state, request, "/v1/embeddings", handle, handler_started)
@@ -287,6 +278,8 @@ class EmbenchApp(FastAPI):
                 request = Request(scope, receive, send)
                 try:
                     response = await handler(request)
+                except ClientDisconnect:
+                    return  # nobody to answer
                 except Exception:
                     log.exception("unhandled error on POST %s", scope["path"])
                     response = _error_response(
@@ -322,6 +315,9 @@ async def _handle(
         response: Response = await handle(parse_json(body))
         status = response.status_code
         return response
+    except ClientDisconnect:
+        status = 499  # the client went away before its body arrived (nginx's convention)
+        raise
     except ApiError as err:
         status = err.status
         metrics.errors.labels(endpoint, err.code or err.type).inc()
@@ -329,40 +325,16 @@ async def _handle(
             metrics.rejected.inc()
         return _error_response(err)
     finally:
-        metrics.requests.labels(endpoint, str(status)).inc()
-        metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - started)
+        metrics.request_done(endpoint, status, time.perf_counter() - started)
 
 
 async def _compute(
     state: ServerState, texts: list[str], param: str, *, truncate: bool
-) -> _Computed:
+) -> EmbedResult:
     batcher = state.batcher
-    model = state.model
-    assert batcher is not None and model is not None
-    # Refuse before spending CPU on tokenization; submit() re-checks atomically.
-    if batcher.queued_texts + len(texts) > batcher.max_queue:
-        raise _queue_full(batcher.queued_texts, batcher.max_queue, batcher.retry_after_s())
-    loop = asyncio.get_running_loop()
-    started = time.perf_counter()
+    assert batcher is not None
     try:
-        tokenized = await loop.run_in_executor(state.tokenize_pool, model.embedder.tokenize, texts)
-    except Exception as exc:
-        log.exception("tokenization failed")
-        raise ApiError(500, f"tokenization failed: {exc!r}", type="server_error") from None
-    tokenization_s = time.perf_counter() - started
-    state.metrics.tokenization_seconds.observe(tokenization_s)
-    if not truncate:
-        for i, item in enumerate(tokenized):
-            if item.truncated:
-                raise ApiError(
-                    422,
-                    f"'{param}[{i}]' is longer than the model's {model.embedder.max_seq_length} "
-                    "tokens and truncate is false",
-                    param=f"{param}[{i}]",
-                    code="text_too_long",
-                )
-    try:
-        result = await batcher.submit(tokenized)
+        result = await batcher.submit(texts, truncate=truncate)
     except QueueFull as exc:
         raise _queue_full(exc.queued, exc.limit, exc.retry_after_s) from None
     except ShuttingDown:
@@ -373,19 +345,37 @@ async def _compute(
             code="shutting_down",
             headers={"Retry-After": "1"},
         ) from None
+    except TextTooLong as exc:
+        raise ApiError(
+            422,
+            f"'{param}[{exc.index}]' is longer than the model's {batcher.max_seq_length} tokens "
+            "and truncate is false",
+            param=f"{param}[{exc.index}]",
+            code="text_too_long",
+        ) from None
+    except TokenizationError as exc:
+        raise ApiError(
+            500, f"tokenization failed: {exc}", type="server_error", code="tokenization_error"
+        ) from None
     except InferenceError as exc:
         raise ApiError(
             500, f"inference failed: {exc}", type="server_error", code="inference_error"
         ) from None
-    computed = _Computed(result=result, tokenized=tokenized, tokenization_s=tokenization_s)
     metrics = state.metrics
+    metrics.tokenization_seconds.observe(result.tokenization_s)
     metrics.queue_seconds.observe(result.queue_s)
-    metrics.texts.inc(len(texts))
-    metrics.tokens.inc(computed.prompt_tokens)
-    truncated = sum(computed.truncated)
+    truncated = sum(item.truncated for item in result.tokenized)
     if truncated:
         metrics.truncated.inc(truncated)
-    return computed
+    return result
+
+
+def prompt_tokens(result: EmbedResult) -> int:
+    return sum(item.n_tokens for item in result.tokenized)
+
+
+def truncated_flags(result: EmbedResult) -> list[bool]:
+    return [item.truncated for item in result.tokenized]
 
 
 def _queue_full(queued: int, limit: int, retry_after_s: int) -> ApiError:
@@ -398,18 +388,36 @@ def _queue_full(queued: int, limit: int, retry_after_s: int) -> ApiError:
     )
 
 
-def _embedding_response(body: bytes, computed: _Computed, started: float) -> Response:
-    result = computed.result
-    headers = {
-        "x-tokenization-time": f"{computed.tokenization_s * 1e3:.3f}",
-        "x-queue-time": f"{result.queue_s * 1e3:.3f}",
-        "x-inference-time": f"{result.inference_s * 1e3:.3f}",
-        "x-total-time": f"{(time.perf_counter() - started) * 1e3:.3f}",
-        "x-compute-tokens": str(computed.prompt_tokens),
-        "x-batch-size": str(result.batch_texts),
-        "x-truncated-inputs": str(sum(computed.truncated)),
-    }
-    return Response(body, 200, headers=headers, media_type=JSON_MEDIA_TYPE)
+class _EncodedResponse(Response):
+    """A 200 whose headers are encoded already: the embedding endpoints' hot path skips
+    Starlette's per-header encoding."""
+
+    def __init__(self, body: bytes, raw_headers: list[tuple[bytes, bytes]]) -> None:
+        self.status_code = 200
+        self.body = body
+        self.background = None
+        self.raw_headers = raw_headers
+
+
+_JSON_CONTENT_TYPE = JSON_MEDIA_TYPE.encode()
+
+
+def _embedding_response(body: bytes, result: EmbedResult, started: float) -> Response:
+    total_ms = (time.perf_counter() - started) * 1e3
+    return _EncodedResponse(
+        body,
+        [
+            (b"content-length", b"%d" % len(body)),
+            (b"content-type", _JSON_CONTENT_TYPE),
+            (b"x-tokenization-time", b"%.3f" % (result.tokenization_s * 1e3)),
+            (b"x-queue-time", b"%.3f" % (result.queue_s * 1e3)),
+            (b"x-inference-time", b"%.3f" % (result.inference_s * 1e3)),
+            (b"x-total-time", b"%.3f" % total_ms),
+            (b"x-compute-tokens", b"%d" % prompt_tokens(result)),
+            (b"x-batch-size", b"%d" % result.batch_texts),
+            (b"x-truncated-inputs", b"%d" % sum(truncated_flags(result))),
+        ],
+    )
 
 
 async def _load(state: ServerState) -> None:
@@ -420,9 +428,13 @@ async def _load(state: ServerState) -> None:
             model.warmup_s = await asyncio.to_thread(warm_up, model.embedder)
         batcher = Batcher(
             model.embedder.embed_tokenized,
+            model.embedder.tokenize,
+            max_seq_length=model.embedder.max_seq_length,
+            tokenizer_threads=settings.tokenizer_threads,
             max_batch_tokens=settings.max_batch_tokens,
             max_batch_texts=settings.max_batch_texts,
             max_queue=settings.max_queue,
+            max_batch_wait_s=settings.max_batch_wait_ms / 1e3,
             on_batch=state.metrics.observe_batch,
             workers=settings.workers,
         )
@@ -483,6 +495,7 @@ def _info(state: ServerState) -> dict[str, object]:
         "batching": {
             "max_batch_tokens": settings.max_batch_tokens,
             "max_batch_texts": settings.max_batch_texts,
+            "max_batch_wait_ms": settings.max_batch_wait_ms,
             "max_texts_per_request": settings.max_texts_per_request,
             "max_queue": settings.max_queue,
             "max_body_bytes": settings.max_body_bytes,

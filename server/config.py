@@ -53,6 +53,13 @@ class ServerSettings(BaseModel):
         default=8192, ge=1, description="padded tokens (texts x longest) per inference batch"
     )
     max_batch_texts: int = Field(default=64, ge=1, description="texts per inference batch")
+    max_batch_wait_ms: float = Field(
+        default=5.0,
+        ge=0,
+        le=1000,
+        description="longest a free worker waits for more texts while a wave of requests is "
+        "arriving (never when the queue is empty, never for a lone request); 0: never wait",
+    )
     max_texts_per_request: int = Field(default=256, ge=1)
     max_queue: int = Field(
         default=1024, ge=1, description="texts waiting for inference before requests get 429"

@@ -25,6 +25,7 @@ _TOKENS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 6553
 
 class ServerMetrics:
     def __init__(self) -> None:
+        self._request_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         ProcessCollector(registry=r)
@@ -82,6 +83,12 @@ class ServerMetrics:
             buckets=(1.0, 1.05, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0),
             registry=r,
         )
+        self.batch_gather_seconds = Histogram(
+            "embench_server_batch_gather_seconds",
+            "how long a free worker waited for more texts before taking a batch's window",
+            buckets=(0.0, 0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05),
+            registry=r,
+        )
         self.texts = Counter("embench_server_texts", "texts embedded", registry=r)
         self.tokens = Counter("embench_server_tokens", "tokens embedded (unpadded)", registry=r)
         self.truncated = Counter(
@@ -107,9 +114,25 @@ class ServerMetrics:
         self.queue_depth.set_function(depth)
         self.inflight.set_function(inflight)
 
+    def request_done(self, endpoint: str, status: int, seconds: float) -> None:
+        """Count an answered request (label children cached: this runs on every request)."""
+        key = (endpoint, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (
+                self.requests.labels(endpoint, str(status)),
+                self.request_seconds.labels(endpoint),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+
     def observe_batch(self, stats: BatchStats) -> None:
+        # Texts and tokens are counted per batch, off the event loop.
+        self.texts.inc(stats.texts)
+        self.tokens.inc(stats.real_tokens)
         self.batch_size.observe(stats.texts)
         self.batch_tokens.observe(stats.padded_tokens)
         self.inference_seconds.observe(stats.seconds)
+        self.batch_gather_seconds.observe(stats.gathered_s)
         if stats.real_tokens:
             self.batch_padding_ratio.observe(stats.padded_tokens / stats.real_tokens)

@@ -24,6 +24,7 @@ def pad_token_id(tokenizer: Tokenizer) -> int:
 
 
 def tokenize(tokenizer: Tokenizer, texts: list[str]) -> list[TokenizedText]:
-    # encode() skips encode_batch's thread-pool dispatch for the common single text.
-    encodings = [tokenizer.encode(texts[0])] if len(texts) == 1 else tokenizer.encode_batch(texts)
+    # encode_batch, even for one text: unlike encode() it releases the GIL while it works, so
+    # the server's tokenizer thread does not stall the event loop (same cost per text).
+    encodings = tokenizer.encode_batch(texts)
     return [TokenizedText(ids=e.ids, truncated=bool(e.overflowing)) for e in encodings]

@@ -40,7 +40,8 @@ def fake_vector(text: str) -> np.ndarray:
 
 class FakeEmbedder:
     """Whitespace tokenizer plus hash vectors. It records every batch, can hold the worker at a
-    gate, and fails any batch that holds a text containing FAIL."""
+    gate, fails any batch that holds a text containing FAIL, takes `slow_tokenize_s` to
+    tokenize a text containing SLOW and raises on one containing BADTOKEN."""
 
     runtime = "fake"
     runtime_version = "0.0"
@@ -49,6 +50,8 @@ class FakeEmbedder:
 
     def __init__(self, delay_s: float = 0.0) -> None:
         self.delay_s = delay_s
+        self.slow_tokenize_s = 0.0
+        self.tokenize_calls: list[list[str]] = []
         self.batches: list[list[str]] = []
         self.gate = threading.Event()
         self.gate.set()
@@ -59,8 +62,13 @@ class FakeEmbedder:
         self.max_running = 0
 
     def tokenize(self, texts: list[str]) -> list[TokenizedText]:
+        self.tokenize_calls.append(list(texts))
         out = []
         for text in texts:
+            if "BADTOKEN" in text:
+                raise ValueError("the tokenizer chokes on BADTOKEN")
+            if "SLOW" in text:
+                time.sleep(self.slow_tokenize_s)
             words = text.split()
             ids = [CLS]
             for word in words[: FAKE_MAX_SEQ - 2]:

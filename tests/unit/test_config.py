@@ -102,6 +102,27 @@ BAD_FILES = [
     ),
     (
         "benchmark.yaml",
+        "  spinning: false\n",
+        "  spinning: false\n  workerz: 2\n",
+        ":20: server.workerz: unknown key 'workerz' (did you mean 'workers'?); expected one of: "
+        "limits, threads, workers, spinning, max_batch_tokens, max_batch_texts, "
+        "max_batch_wait_ms, max_texts_per_request, max_queue, tokenizer_threads",
+    ),
+    (
+        "benchmark.yaml",
+        "  max_queue: 1024 ",
+        "  max_queue: 100  ",
+        ":17: server: max_texts_per_request (256) must not exceed max_queue (100): such a "
+        "request could never be admitted",
+    ),
+    (
+        "benchmark.yaml",
+        "  threads: 2 ",
+        "  threads: 0 ",
+        ":18: server.threads: input should be greater than or equal to 1, got 0",
+    ),
+    (
+        "benchmark.yaml",
         "warmup:\n  requests: 50",
         "warmup:\n  requests: 50\n bad: [",
         ":10:2: YAML syntax error: expected <block end>, but found '<block mapping start>'",

@@ -9,9 +9,18 @@ hint, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from client.scenario import (
     Identifier,
@@ -20,6 +29,8 @@ from client.scenario import (
     StabilityParams,
     WarmupParams,
 )
+from server.config import ConfigError as ServerConfigError
+from server.config import ServerSettings
 
 Variant = Literal["fp32", "optimized", "int8"]
 ALL_VARIANTS: tuple[Variant, ...] = ("fp32", "optimized", "int8")
@@ -112,24 +123,66 @@ class ServerLimits(StrictModel):
     memory: Annotated[str, Field(pattern=r"^\d+[bkmg]?$")] = "4g"
 
 
-class ServerConfig(StrictModel):
+# The server's own settings (server.config.ServerSettings, one schema) that benchmark.yaml
+# may set; a key left out keeps the server's default.
+SERVER_TUNABLES = (
+    "threads",
+    "workers",
+    "spinning",
+    "max_batch_tokens",
+    "max_batch_texts",
+    "max_batch_wait_ms",
+    "max_texts_per_request",
+    "max_queue",
+    "tokenizer_threads",
+)
+
+
+def _tunable(name: str) -> tuple[Any, Any]:
+    """ServerSettings' field `name`, with its constraints, optional (None: the server's default)."""
+    setting = ServerSettings.model_fields[name]
+    kind: Any = setting.annotation
+    if setting.metadata:
+        kind = Annotated[(kind, *setting.metadata)]
+    return (kind | None, Field(default=None, description=setting.description))
+
+
+class _ServerConfigBase(StrictModel):
     """The server's settings; each key is the server's EMBENCH_<KEY> environment variable."""
 
-    threads: PositiveInt | None = None  # intra-op threads (default: the CPUs it may use)
-    spinning: bool = False
-    max_batch_tokens: PositiveInt = 8192
-    max_batch_texts: PositiveInt = 64
-    max_texts_per_request: PositiveInt = 256
-    max_queue: PositiveInt = 1024
     limits: ServerLimits = ServerLimits()
+
+    @model_validator(mode="after")
+    def _server_accepts(self) -> _ServerConfigBase:
+        try:  # the server's own cross-field checks, before any server is started
+            ServerSettings.from_env({}, model_dir=".", **self.settings())
+        except ServerConfigError as exc:  # named by this file's keys, not the variables
+            message = str(exc).removeprefix("invalid server settings: ")
+            raise ValueError(
+                re.sub(r"EMBENCH_([A-Z_]+)", lambda m: m.group(1).lower(), message)
+            ) from None
+        return self
+
+    def settings(self) -> dict[str, Any]:
+        """The keys that are set, by the server's field names."""
+        return self.model_dump(exclude={"limits"}, exclude_none=True)
 
     def environment(self) -> dict[str, str]:
         """EMBENCH_* variables for the server process or container."""
-        settings = self.model_dump(exclude={"limits"}, exclude_none=True)
         return {
-            f"EMBENCH_{key.upper()}": str(value).lower() if isinstance(value, bool) else str(value)
-            for key, value in settings.items()
+            ServerSettings.env_name(key): str(value).lower()
+            if isinstance(value, bool)
+            else str(value)
+            for key, value in self.settings().items()
         }
+
+
+ServerConfig = create_model(  # type: ignore[call-overload]
+    "ServerConfig",
+    __base__=_ServerConfigBase,
+    __doc__=_ServerConfigBase.__doc__,
+    **{name: _tunable(name) for name in SERVER_TUNABLES},
+)
 
 
 class RegressionConfig(StrictModel):
