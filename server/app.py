@@ -219,7 +219,7 @@ def create_app(settings: ServerSettings, *, loader: Loader | None = None) -> Fas
             parsed = parse_embed(payload, settings.max_texts_per_request)
             result = await _compute(state, parsed.texts, "texts", truncate=parsed.truncate)
             body = embed_response(
-                result.vectors, state.model_name, prompt_tokens(result), truncated_flags(result)
+                result.vectors, state.model_name, result.prompt_tokens, result.truncated
             )
             return _embedding_response(body, result, handler_started)
 
@@ -245,9 +245,9 @@ def create_app(settings: ServerSettings, *, loader: Loader | None = None) -> Fas
             body = openai_response(
                 result.vectors,
                 state.model_name,
-                prompt_tokens(result),
+                result.prompt_tokens,
                 parsed.encoding_format,
-                truncated_flags(result),
+                result.truncated,
             )
             return _embedding_response(body, result, handler_started)
 
@@ -364,18 +364,10 @@ async def _compute(
     metrics = state.metrics
     metrics.tokenization_seconds.observe(result.tokenization_s)
     metrics.queue_seconds.observe(result.queue_s)
-    truncated = sum(item.truncated for item in result.tokenized)
+    truncated = result.truncated.count(True)
     if truncated:
         metrics.truncated.inc(truncated)
     return result
-
-
-def prompt_tokens(result: EmbedResult) -> int:
-    return sum(item.n_tokens for item in result.tokenized)
-
-
-def truncated_flags(result: EmbedResult) -> list[bool]:
-    return [item.truncated for item in result.tokenized]
 
 
 def _queue_full(queued: int, limit: int, retry_after_s: int) -> ApiError:
@@ -413,9 +405,9 @@ def _embedding_response(body: bytes, result: EmbedResult, started: float) -> Res
             (b"x-queue-time", b"%.3f" % (result.queue_s * 1e3)),
             (b"x-inference-time", b"%.3f" % (result.inference_s * 1e3)),
             (b"x-total-time", b"%.3f" % total_ms),
-            (b"x-compute-tokens", b"%d" % prompt_tokens(result)),
+            (b"x-compute-tokens", b"%d" % result.prompt_tokens),
             (b"x-batch-size", b"%d" % result.batch_texts),
-            (b"x-truncated-inputs", b"%d" % sum(truncated_flags(result))),
+            (b"x-truncated-inputs", b"%d" % result.truncated.count(True)),
         ],
     )
 

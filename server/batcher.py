@@ -108,6 +108,8 @@ class BatchStats:
 class EmbedResult:
     vectors: np.ndarray  # (texts, dim) float32, in the order submitted
     tokenized: list[TokenizedText]  # in the order submitted
+    prompt_tokens: int  # tokens of all the texts, unpadded
+    truncated: list[bool]  # per text: cut to max_seq_length
     tokenization_s: float
     queue_s: float  # queued -> start of the first batch holding one of the texts
     inference_s: float  # start of the first batch -> end of the last one
@@ -123,6 +125,8 @@ class _Job:
     n: int
     remaining: int
     tokenized: list[TokenizedText] = field(default_factory=list)
+    prompt_tokens: int = 0
+    truncated: list[bool] = field(default_factory=list)
     tokenization_s: float = 0.0
     enqueued_at: float = 0.0
     vectors: np.ndarray | None = None
@@ -386,10 +390,13 @@ class Batcher:
             job.tokenized = items[offset : offset + job.n]
             job.tokenization_s = elapsed
             offset += job.n
-            if not job.truncate:
-                cut = next((i for i, item in enumerate(job.tokenized) if item.truncated), None)
-                if cut is not None:
-                    failures.append((job, TextTooLong(cut, self.max_seq_length or 0)))
+            # Summed here, off the event loop, for the response and its headers.
+            job.prompt_tokens = sum(item.n_tokens for item in job.tokenized)
+            job.truncated = [item.truncated for item in job.tokenized]
+            if not job.truncate and any(job.truncated):
+                failures.append(
+                    (job, TextTooLong(job.truncated.index(True), self.max_seq_length or 0))
+                )
         failed = {id(job) for job, _ in failures}
         counters = self._counters
         with self._cond:
@@ -401,7 +408,7 @@ class Batcher:
                 job.enqueued_at = now
                 self._queue.extend(_Entry(job, i, item) for i, item in enumerate(job.tokenized))
                 counters.queued_texts += job.n
-                counters.queued_tokens += sum(item.n_tokens for item in job.tokenized)
+                counters.queued_tokens += job.prompt_tokens
                 counters.last_queued_at = now
             # All: a worker may be gathering while another waits for the queue to fill.
             self._cond.notify_all()
@@ -577,6 +584,8 @@ class Batcher:
                             EmbedResult(
                                 vectors=job.vectors,
                                 tokenized=job.tokenized,
+                                prompt_tokens=job.prompt_tokens,
+                                truncated=job.truncated,
                                 tokenization_s=job.tokenization_s,
                                 queue_s=job.started_at - job.enqueued_at,
                                 inference_s=finished - job.started_at,
