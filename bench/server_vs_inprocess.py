@@ -397,10 +397,11 @@ def parse_args() -> argparse.Namespace:
         "the best in-process layout",
     )
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--duration", type=int, default=24, help="seconds per point")
+    parser.add_argument("--duration", type=int, default=30, help="seconds per point")
     parser.add_argument(
-        "--slice", type=int, default=3, help="interleaving grain: each point is measured "
-        "in slices of this many seconds, alternating with the points it is compared to",
+        "--slice", type=int, default=5, help="interleaving grain: each point is measured "
+        "in slices of this many seconds, alternating with the points it is compared to (a "
+        "closed loop starts empty, so a slice undercounts by about one latency: keep it long)",
     )  # fmt: skip
     parser.add_argument("--batch-sizes", default="1,2,4,8,16,32,64")
     parser.add_argument(
