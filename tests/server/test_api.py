@@ -276,6 +276,19 @@ async def test_an_inference_error_fails_only_its_request(client, fake):
     assert (await client.post("/embed", json={"texts": ["afterwards"]})).status_code == 200
 
 
+async def test_a_tokenizer_error_fails_only_its_request(client, fake):
+    results = await asyncio.gather(
+        *(client.post("/embed", json={"texts": [f"fine {i}"]}) for i in range(5)),
+        client.post("/v1/embeddings", json={"input": ["ok", "BADTOKEN here"]}),
+    )
+    failing = results[-1]
+    assert failing.status_code == 500
+    assert failing.json()["error"]["code"] == "tokenization_error"
+    assert "BADTOKEN" in failing.json()["error"]["message"]
+    assert [r.status_code for r in results[:-1]] == [200] * 5
+    assert (await client.post("/embed", json={"texts": ["afterwards"]})).status_code == 200
+
+
 async def test_concurrent_requests_each_get_their_own_embeddings(client, fake):
     fake.delay_s = 0.002
     texts = [[f"client {c} text {i}" for i in range(1 + c % 3)] for c in range(64)]
