@@ -107,7 +107,6 @@ class BatchStats:
 @dataclass(frozen=True, slots=True)
 class EmbedResult:
     vectors: np.ndarray  # (texts, dim) float32, in the order submitted
-    tokenized: list[TokenizedText]  # in the order submitted
     prompt_tokens: int  # tokens of all the texts, unpadded
     truncated: list[bool]  # per text: cut to max_seq_length
     tokenization_s: float
@@ -368,7 +367,7 @@ class Batcher:
     def _tokenize_jobs(self, jobs: list[_Job]) -> None:
         """Tokenize requests' texts and queue them, failing the requests whose texts fail."""
         live = [job for job in jobs if not job.abandoned]
-        failures: list[tuple[_Job, BatcherError]] = []
+        failures: list[tuple[_Job, Exception]] = []
         started = time.perf_counter()
         try:
             items = self._tokenize([text for job in live for text in job.texts]) if live else []
@@ -413,7 +412,7 @@ class Batcher:
             # All: a worker may be gathering while another waits for the queue to fill.
             self._cond.notify_all()
         if failures:
-            self._post(lambda: _fail_each(failures))
+            self._post(lambda: _fail(failures))
 
     # ---- the worker threads ----------------------------------------------------------------------
     def _share(self) -> int:
@@ -566,7 +565,7 @@ class Batcher:
             with self._rows:
                 for job in failed:
                     job.failed = True
-            return lambda: _fail(failed, error)
+            return lambda: _fail([(job, error) for job in failed])
         finished = time.perf_counter()
         seconds = finished - started
         done: list[tuple[_Job, EmbedResult]] = []
@@ -583,7 +582,6 @@ class Batcher:
                             job,
                             EmbedResult(
                                 vectors=job.vectors,
-                                tokenized=job.tokenized,
                                 prompt_tokens=job.prompt_tokens,
                                 truncated=job.truncated,
                                 tokenization_s=job.tokenization_s,
@@ -639,7 +637,7 @@ class Batcher:
         for job in failed:
             job.failed = True
         if self._loop is not None and not self._loop.is_closed():
-            _fail(failed, error)
+            _fail([(job, error) for job in failed])
 
 
 def _resolve(done: list[tuple[_Job, EmbedResult]]) -> None:
@@ -648,13 +646,7 @@ def _resolve(done: list[tuple[_Job, EmbedResult]]) -> None:
             job.future.set_result(result)
 
 
-def _fail_each(failures: list[tuple[_Job, BatcherError]]) -> None:
+def _fail(failures: list[tuple[_Job, Exception]]) -> None:
     for job, error in failures:
-        if not job.future.done():
-            job.future.set_exception(error)
-
-
-def _fail(jobs: list[_Job], error: Exception) -> None:
-    for job in jobs:
         if not job.future.done():
             job.future.set_exception(error)
