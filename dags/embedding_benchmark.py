@@ -23,7 +23,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, setup, task, task_group, teardown
 
-from embench import steps
+from embench import live_runs, steps
 from embench.config import ALL_VARIANTS, load_config
 from embench.operators import BenchmarkClientOperator, ServerContainerOperator, run_context
 
@@ -100,7 +100,8 @@ def embedding_benchmark() -> None:
     @setup
     @task(execution_timeout=timedelta(minutes=20), **RETRY)
     def provision_host(params: dict[str, Any] | None = None) -> dict[str, Any]:
-        return steps.provision_host(params or {}, ctx(), CONFIG)
+        live = live_runs.from_task_instance(get_current_context()["ti"])
+        return steps.provision_host(params or {}, ctx(), CONFIG, live)
 
     @teardown
     @task(execution_timeout=timedelta(minutes=20), **TEARDOWN_RETRY)

@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
-# Smoke test of docker-compose.airflow.yml: build the images from the local base, bring the
-# stack up under a unique project name with a generated .env, wait for health, trigger the DAG
-# through the REST API with a one-scenario config (process launcher), wait for success, read
-# the stored results back through the `embench` CLI and through the read-only role, then
-# `down -v` and check that nothing of the project is left. Fails loudly on any step; on exit
-# (success, failure or Ctrl-C) the stack is always taken down with its volumes.
+# Smoke test of docker-compose.airflow.yml, the plain stack as a new user runs it (no overlay):
+# build the images from the local base, bring the stack up under a unique project name with a
+# generated .env and a one-scenario benchmark config, wait for health, then by SMOKE_MODE:
+#
+#   defaults      unpause the DAG through the REST API: the scheduler starts the latest
+#                 interval's run; trigger a manual run with no conf (the form untouched). Both
+#                 run with the DAG's defaults (launcher auto -> docker: the server and client
+#                 containers on the host's daemon, reached over the stack's network) and must
+#                 succeed. Then read the results back through the `embench` CLI and the
+#                 read-only role, and check the Benchmarks UI plugin.
+#   down-mid-run  start a run, and as soon as its server container runs take the stack down
+#                 (`down -v`), check that the container was left behind, bring the stack up
+#                 again and check that its start (airflow-init) removed it.
+#
+# Fails loudly on any step; on exit (success, failure or Ctrl-C) the stack is always taken down
+# with its volumes, and no container of the project or of its runs may remain.
 #
 # Usage: scripts/compose_smoke.sh
+#   SMOKE_MODE         defaults (default) or down-mid-run
 #   SMOKE_PROJECT      compose project name (default embench-smoke-<random>)
 #   SMOKE_SKIP_BUILD   1: use the images already built
 #   SMOKE_RESULT       file to write the summary JSON to (default: none)
-#   SMOKE_RUN_TIMEOUT  seconds to wait for the DAG run (default 900)
-#   SMOKE_LAUNCHER     process (default: server and client run as processes in the scheduler's
-#                      container) or docker (server and client containers on the host's Docker
-#                      daemon; adds deploy/compose.docker-launcher.yml, which puts the scheduler
-#                      on the host network, and needs embench-server:onnx, embench-client:latest)
+#   SMOKE_RUN_TIMEOUT  seconds to wait for each DAG run (default 900)
 #   SMOKE_CELERY       1: the `celery` profile (Redis + a Celery worker, CeleryExecutor)
 #   EMBENCH_BASE_IMAGE base of the local images (default embench-base:bookworm)
 #   DOCKER_COMPOSE     the compose v2 binary (default: docker-compose on PATH, else .venv/bin)
@@ -36,13 +43,10 @@ POSTGRES_IMAGE="${POSTGRES_IMAGE:-embench-postgres:16-local}"
 REDIS_IMAGE="${REDIS_IMAGE:-embench-redis:7-local}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/embench-smoke.XXXXXX")"
 ENV_FILE="$WORK/smoke.env"
-LAUNCHER="${SMOKE_LAUNCHER:-process}"
+MODE="${SMOKE_MODE:-defaults}"
+case "$MODE" in defaults|down-mid-run) ;; *) die "SMOKE_MODE must be defaults or down-mid-run" ;; esac
 COMPOSE_FILES=(-f "$ROOT/docker-compose.airflow.yml")
-case "$LAUNCHER" in
-    process) ;;
-    docker) COMPOSE_FILES+=(-f "$ROOT/deploy/compose.docker-launcher.yml") ;;
-    *) die "SMOKE_LAUNCHER must be process or docker" ;;
-esac
+DEPLOYMENT="compose-$PROJECT"  # the stack's EMBENCH_DEPLOYMENT: labels its runs' containers
 CELERY="${SMOKE_CELERY:-0}"
 [ "$CELERY" != 1 ] || COMPOSE_FILES+=(--profile celery)
 compose() {
@@ -61,6 +65,10 @@ service_exec() {
 
 leftovers() {
     docker ps -aq --filter "label=com.docker.compose.project=$PROJECT"
+    docker ps -aq --filter "label=io.embench.deployment=$DEPLOYMENT"
+}
+run_containers() {
+    docker ps -a --filter "label=io.embench.deployment=$DEPLOYMENT" "$@"
 }
 
 cleanup() {
@@ -76,8 +84,9 @@ cleanup() {
         compose down -v --remove-orphans --timeout 20 >&2 || status=1
     fi
     if [ -n "$(leftovers)" ]; then
-        echo "[smoke] FAILED: containers of project $PROJECT remain:" >&2
+        echo "[smoke] FAILED: containers of project $PROJECT or of its runs remain:" >&2
         docker ps -a --filter "label=com.docker.compose.project=$PROJECT" >&2
+        run_containers >&2
         docker rm -f $(leftovers) >/dev/null 2>&1 || true
         status=1
     fi
@@ -98,12 +107,9 @@ if [ "${SMOKE_SKIP_BUILD:-0}" != 1 ]; then
     log "building images from the local base (first time: several minutes; cached afterwards)"
     POSTGRES_IMAGE="$POSTGRES_IMAGE" REDIS_IMAGE="$REDIS_IMAGE" AIRFLOW_IMAGE="$AIRFLOW_IMAGE" \
         deploy/local-images/build.sh $([ "$CELERY" = 1 ] || echo --no-redis) >&2 || die "image build"
-    if [ "$LAUNCHER" = docker ]; then
-        scripts/docker/build_images.sh --no-torch >&2 || die "server/client image build"
-    fi
+    scripts/docker/build_images.sh --no-torch >&2 || die "server/client image build"
 fi
-IMAGES=("$AIRFLOW_IMAGE" "$POSTGRES_IMAGE")
-[ "$LAUNCHER" != docker ] || IMAGES+=(embench-server:onnx embench-client:latest)
+IMAGES=("$AIRFLOW_IMAGE" "$POSTGRES_IMAGE" embench-server:onnx embench-client:latest)
 [ "$CELERY" != 1 ] || IMAGES+=("$REDIS_IMAGE")
 for image in "${IMAGES[@]}"; do
     docker image inspect "$image" >/dev/null 2>&1 || die "image $image is missing"
@@ -141,13 +147,10 @@ AIRFLOW_API_PORT=$PORT
 AIRFLOW_BASE_URL=http://127.0.0.1:$PORT
 AIRFLOW_API_WORKERS=1
 AIRFLOW_PARALLELISM=4
-AIRFLOW_USE_JOB_SCHEDULE=False
+AIRFLOW_USE_JOB_SCHEDULE=$([ "$MODE" = defaults ] && echo True || echo False)
 AIRFLOW_DAG_REFRESH_INTERVAL=30
-POSTGRES_HOST_PORT=$(free_port)
-AIRFLOW_SCHEDULER_HEALTH_PORT=$(free_port)
-AIRFLOW_WORKER_LOG_PORT=$(free_port)
 EOF
-log "project $PROJECT, launcher $LAUNCHER, celery $CELERY, UI on 127.0.0.1:$PORT, files in $WORK"
+log "project $PROJECT, mode $MODE, celery $CELERY, UI on 127.0.0.1:$PORT, files in $WORK"
 
 # --- up, health ------------------------------------------------------------------------------------
 log "docker-compose up -d --wait"
@@ -156,21 +159,54 @@ compose ps --format '{{.Service}}: {{.Status}}' >&2
 init_status="$(docker inspect -f '{{.State.ExitCode}}' "$(compose ps -aq airflow-init)")"
 [ "$init_status" = 0 ] || die "airflow-init exited with $init_status"
 
-# --- trigger and wait ---------------------------------------------------------------------------
-CONF='{"models": ["all-minilm-l6-v2"], "variants": ["fp32"], "scenarios": ["smoke-c1"],
-       "repetitions": 1, "provisioner": "local", "launcher": "'"$LAUNCHER"'"}'
-log "triggering embedding_benchmark through the REST API"
-RUN_JSON="$(AIRFLOW_ADMIN_PASSWORD="$ADMIN_PASSWORD" "$PYTHON" deploy/smoke/api.py \
-    --url "http://127.0.0.1:$PORT" --user admin trigger --conf "$CONF" \
-    --run-timeout "${SMOKE_RUN_TIMEOUT:-900}")" || die "the DAG run did not succeed: $RUN_JSON"
-log "run: $RUN_JSON"
-RUN_ID="$("$PYTHON" -c 'import json, sys; print(json.loads(sys.argv[1])["dag_run_id"])' "$RUN_JSON")"
+api() {
+    AIRFLOW_ADMIN_PASSWORD="$ADMIN_PASSWORD" "$PYTHON" deploy/smoke/api.py \
+        --url "http://127.0.0.1:$PORT" --user admin "$@"
+}
+
+if [ "$MODE" = down-mid-run ]; then
+    # Three repetitions: three servers one after another, so that one is caught running.
+    RUN_ID="$(api start --conf '{"repetitions": 3}')" || die "could not start a run"
+    log "waiting for a server container of $RUN_ID"
+    server=""
+    deadline=$((SECONDS + ${SMOKE_RUN_TIMEOUT:-900}))
+    while [ -z "$server" ] && [ "$SECONDS" -lt "$deadline" ]; do
+        server="$(run_containers -q --filter status=running --filter name=embench-server-)"
+        [ -n "$server" ] || sleep 0.5
+    done
+    [ -n "$server" ] || die "no server container of the run appeared"
+    log "server container $server runs: docker-compose down -v, mid-run"
+    compose down -v --timeout 20 >&2 || die "docker-compose down -v"
+    AFTER_DOWN="$(run_containers --format '{{.Names}} {{.Status}}')"
+    log "after down -v, docker ps -a (this run's containers):"
+    echo "${AFTER_DOWN:-(none)}" >&2
+    [ -n "$AFTER_DOWN" ] || die "down left no container of the run behind: nothing to sweep"
+    log "docker-compose up -d --wait (airflow-init sweeps at every start)"
+    compose up -d --wait --wait-timeout "${SMOKE_UP_TIMEOUT:-420}" >&2 \
+        || die "the stack did not come back up"
+    docker logs "$(compose ps -aq airflow-init)" 2>&1 | grep -iE 'sweep|removed|alive' >&2 || true
+    AFTER_UP="$(run_containers --format '{{.Names}} {{.Status}}')"
+    log "after up, docker ps -a (this run's containers): ${AFTER_UP:-(none)}"
+    [ -z "$AFTER_UP" ] || die "the stack's start left the run's containers: $AFTER_UP"
+    SUMMARY="$("$PYTHON" -c 'import json, sys
+print(json.dumps({"project": sys.argv[1], "mode": "down-mid-run", "run_id": sys.argv[2],
+                  "after_down": sys.argv[3].splitlines(), "after_up": sys.argv[4].splitlines()}))' \
+        "$PROJECT" "$RUN_ID" "$AFTER_DOWN" "$AFTER_UP")"
+    [ -z "${SMOKE_RESULT:-}" ] || printf '%s\n' "$SUMMARY" >"$SMOKE_RESULT"
+    echo "$SUMMARY"
+    exit 0  # the EXIT trap takes the stack down and checks that nothing is left
+fi
+
+# --- defaults: the scheduled run and a manual one with the form untouched -----------------------
+log "unpausing embedding_benchmark: the scheduled run, then a manual one with no conf"
+RUNS_JSON="$(api defaults --run-timeout "${SMOKE_RUN_TIMEOUT:-900}")" \
+    || die "the DAG runs with the default params did not succeed: ${RUNS_JSON:-}"
+log "runs: $RUNS_JSON"
+RUN_ID="$("$PYTHON" -c 'import json, sys; print(json.loads(sys.argv[1])["runs"][-1]["dag_run_id"])' "$RUNS_JSON")"
 
 # --- the Benchmarks UI plugin, behind login ----------------------------------------------------
 log "the Benchmarks pages of the UI plugin"
-AIRFLOW_ADMIN_PASSWORD="$ADMIN_PASSWORD" "$PYTHON" deploy/smoke/api.py \
-    --url "http://127.0.0.1:$PORT" --user admin plugin --run-id "$RUN_ID" \
-    || die "the Benchmarks plugin is not served behind login"
+api plugin --run-id "$RUN_ID" || die "the Benchmarks plugin is not served behind login"
 
 # --- results back -------------------------------------------------------------------------------
 log "embench runs --json (results database, as the pipeline's user)"
@@ -199,7 +235,7 @@ if reader 'CREATE TABLE smoke_write_probe (id int)' >/dev/null 2>&1 \
 fi
 log "embench_reader reads $COUNT run(s) and cannot write"
 
-SUMMARY="{\"project\": \"$PROJECT\", \"launcher\": \"$LAUNCHER\", \"run\": $RUN_JSON, \"stored_runs_visible_to_reader\": $COUNT}"
+SUMMARY="{\"project\": \"$PROJECT\", \"mode\": \"defaults\", \"runs\": $RUNS_JSON, \"stored_runs_visible_to_reader\": $COUNT}"
 [ -z "${SMOKE_RESULT:-}" ] || printf '%s\n' "$SUMMARY" >"$SMOKE_RESULT"
 echo "$SUMMARY"
 # cleanup (the EXIT trap) takes the stack down and checks that no container is left.

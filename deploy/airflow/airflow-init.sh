@@ -2,9 +2,10 @@
 # The compose stack's one-shot init (service airflow-init), run as root in the Airflow image:
 # hand the mounted folders to AIRFLOW_UID, then as that user migrate Airflow's metadata
 # database, write the simple auth manager's password file, create the benchmark-host pool and
-# migrate the results database. Idempotent: safe on every `up`.
+# migrate the results database, and remove the benchmark containers that runs no longer alive
+# left on the Docker host (a stack taken down mid-run). Idempotent: safe on every `up`.
 set -euo pipefail
-: "${AIRFLOW_UID:?}" "${AIRFLOW_ADMIN_USER:?}" "${AIRFLOW_ADMIN_PASSWORD:?}"
+: "${AIRFLOW_UID:?}" "${AIRFLOW_ADMIN_USER:?}" "${AIRFLOW_ADMIN_PASSWORD:?}" "${DOCKER_GID:?}"
 : "${EMBENCH_DATA_DIR:?}" "${EMBENCH_CACHE_DIR:?}"
 
 for dir in "$EMBENCH_DATA_DIR" "$EMBENCH_CACHE_DIR" /opt/airflow/logs /opt/airflow/auth \
@@ -15,7 +16,7 @@ for dir in "$EMBENCH_DATA_DIR" "$EMBENCH_CACHE_DIR" /opt/airflow/logs /opt/airfl
 done
 
 export HOME=/opt/airflow
-exec setpriv --reuid="$AIRFLOW_UID" --regid=0 --clear-groups -- bash -euo pipefail -c '
+exec setpriv --reuid="$AIRFLOW_UID" --regid=0 --groups="$DOCKER_GID" -- bash -euo pipefail -c '
 echo "[init] airflow db migrate"
 airflow db migrate
 echo "[init] simple auth manager password for ${AIRFLOW_ADMIN_USER}"
@@ -29,5 +30,7 @@ echo "[init] pool embench_benchmark_host (1 slot: one benchmark per host)"
 airflow pools set embench_benchmark_host 1 "one benchmark per host"
 echo "[init] results database migrations"
 python -c "from embench.store.db import make_engine, upgrade_to_head; upgrade_to_head(make_engine())"
+echo "[init] containers of runs no longer alive (deployment ${EMBENCH_DEPLOYMENT:-?})"
+embench containers sweep || echo "[init] WARNING: the container sweep failed (see above); continuing"
 echo "[init] done"
 '

@@ -1,10 +1,11 @@
-"""The compose smoke test's REST client (standard library only, runs on the host):
-log in, wait for the DAG, unpause it, trigger it with a conf, wait for the run's end.
+"""The compose smoke test's REST client (standard library only, runs on the host): log in,
+wait for the DAG, unpause it, and either wait for the scheduled run and a manual one with
+the form's defaults (`defaults`), or start a run without waiting (`start`).
 
     python3 deploy/smoke/api.py --url http://127.0.0.1:8080 --user admin \
-        --password-env AIRFLOW_ADMIN_PASSWORD trigger --conf '{"launcher": "process"}'
+        --password-env AIRFLOW_ADMIN_PASSWORD defaults
 
-Prints one JSON line with the run id and state; exits 1 with the reason on any failure."""
+Prints one JSON line; exits 1 with the reason on any failure."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import datetime
 from typing import Any
 
 DAG_ID = "embedding_benchmark"
@@ -70,34 +72,87 @@ def task_states(api: Api, run_id: str) -> list[str]:
     ]
 
 
-def trigger(api: Api, conf: dict[str, Any], dag_timeout_s: float, run_timeout_s: float) -> int:
+def unpause(api: Api, dag_timeout_s: float) -> None:
     wait_for_dag(api, dag_timeout_s)
     log(f"DAG {DAG_ID} is parsed; unpausing it")
     api.call("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
-    run = api.call("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})
-    run_id = run["dag_run_id"]
-    log(f"triggered {run_id} with conf {json.dumps(conf)}")
+
+
+def trigger_run(api: Api, conf: dict[str, Any] | None) -> str:
+    """A manual run; with conf None the body carries no conf: the form's defaults apply."""
+    body: dict[str, Any] = {"logical_date": None}
+    if conf is not None:
+        body["conf"] = conf
+    run_id = str(api.call("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", body)["dag_run_id"])
+    log(f"triggered {run_id} with {'conf ' + json.dumps(conf) if conf is not None else 'no conf'}")
+    return run_id
+
+
+def scheduled_run(api: Api, timeout_s: float) -> str:
+    """The run the scheduler creates on unpause (the latest interval, catchup off)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        runs = api.call("GET", f"/api/v2/dags/{DAG_ID}/dagRuns?run_type=scheduled&limit=5")
+        if runs["dag_runs"]:
+            run_id = str(runs["dag_runs"][0]["dag_run_id"])
+            log(f"the scheduler created {run_id}")
+            return run_id
+        time.sleep(2)
+    raise SystemExit(f"smoke: no scheduled run within {timeout_s:.0f} s of unpausing")
+
+
+def wait_run(api: Api, run_id: str, timeout_s: float) -> dict[str, Any]:
+    """Poll until the run ends; its state, seconds from now and task states."""
     started = time.monotonic()
-    state = run.get("state")
-    last = ""
-    while time.monotonic() - started < run_timeout_s:
-        state = api.call("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}")["state"]
+    state, last = "", ""
+    while time.monotonic() - started < timeout_s:
+        run = api.call("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}")
+        state = run["state"]
         progress = " ".join(task_states(api, run_id))
         if progress != last:
-            log(f"{time.monotonic() - started:5.0f} s {state}: {progress}")
+            log(f"{run_id}: {time.monotonic() - started:5.0f} s {state}: {progress}")
             last = progress
         if state in ("success", "failed"):
             break
         time.sleep(5)
-    print(
-        json.dumps(
-            {"dag_run_id": run_id, "state": state, "seconds": round(time.monotonic() - started, 1)}
-        )
-    )
-    if state != "success":
-        log(f"run {run_id} ended {state}: {last}")
-        return 1
-    return 0
+    return {
+        "dag_run_id": run_id,
+        "state": state,
+        "wall_s": _wall_seconds(run),
+        "tasks": last.split(),
+        "client_ran_in_a_container": client_ran_in_a_container(api, run_id),
+    }
+
+
+def client_ran_in_a_container(api: Api, run_id: str) -> bool:
+    """Whether run_benchmark's last try ran the load client container (the docker launcher),
+    read from its task log."""
+    task = "benchmark.run_benchmark"
+    base = f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task}"
+    try_number = api.call("GET", f"{base}/0").get("try_number") or 1
+    log_json = api.call("GET", f"{base}/logs/{try_number}?map_index=0&full_content=true")
+    return "Starting docker container from image" in json.dumps(log_json)
+
+
+def _wall_seconds(run: dict[str, Any]) -> float | None:
+    if not run.get("start_date") or not run.get("end_date"):
+        return None
+    start, end = (datetime.fromisoformat(run[k]) for k in ("start_date", "end_date"))
+    return round((end - start).total_seconds(), 1)
+
+
+def run_defaults(api: Api, dag_timeout_s: float, run_timeout_s: float) -> int:
+    """As a new user does: unpause (the scheduler starts the latest interval's run), and
+    trigger a run with the form untouched; both must succeed with the DAG's defaults."""
+    unpause(api, dag_timeout_s)
+    scheduled = scheduled_run(api, 120)
+    manual = trigger_run(api, None)
+    results = [wait_run(api, run_id, run_timeout_s) for run_id in (scheduled, manual)]
+    print(json.dumps({"runs": results}))
+    failed = [r for r in results if r["state"] != "success"]
+    for result in failed:
+        log(f"run {result['dag_run_id']} ended {result['state']}: {' '.join(result['tasks'])}")
+    return 1 if failed else 0
 
 
 def status_of(url: str, headers: dict[str, str]) -> tuple[int, str]:
@@ -147,10 +202,14 @@ def main() -> int:
     parser.add_argument("--user", default="admin")
     parser.add_argument("--password-env", default="AIRFLOW_ADMIN_PASSWORD")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("trigger")
-    run.add_argument("--conf", default="{}")
-    run.add_argument("--dag-timeout", type=float, default=300)
-    run.add_argument("--run-timeout", type=float, default=900)
+    defaults = sub.add_parser(
+        "defaults", help="unpause; the scheduled run and a manual one with no conf must succeed"
+    )
+    defaults.add_argument("--dag-timeout", type=float, default=300)
+    defaults.add_argument("--run-timeout", type=float, default=900)
+    start = sub.add_parser("start", help="unpause and trigger a run; print its id, do not wait")
+    start.add_argument("--conf", help="JSON (default: none, the form's defaults)")
+    start.add_argument("--dag-timeout", type=float, default=300)
     plugin = sub.add_parser("plugin", help="check the Benchmarks pages behind login")
     plugin.add_argument("--run-id", required=True)
     args = parser.parse_args()
@@ -160,7 +219,11 @@ def main() -> int:
     api = Api(args.url, args.user, password)
     if args.command == "plugin":
         return check_plugin(api, args.run_id)
-    return trigger(api, json.loads(args.conf), args.dag_timeout, args.run_timeout)
+    if args.command == "start":
+        unpause(api, args.dag_timeout)
+        print(trigger_run(api, json.loads(args.conf) if args.conf else None))
+        return 0
+    return run_defaults(api, args.dag_timeout, args.run_timeout)
 
 
 if __name__ == "__main__":

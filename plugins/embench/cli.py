@@ -91,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     from embench.report import add_report_command  # report RUN: Markdown + HTML
 
     add_report_command(commands)
+    from embench.launch.commands import add_container_commands  # containers sweep
+
+    add_container_commands(commands)
     return parser
 
 

@@ -23,6 +23,7 @@ from docker.types import Mount
 from embench.config import AppConfig, load_config
 from embench.errors import EmbenchError
 from embench.launch.client import client_arguments, describe_exit, run_client_process
+from embench.launch.docker_server import MANAGED_LABEL
 from embench.launch.handle import ServerHandle
 from embench.steps import (
     RunContext,
@@ -98,7 +99,7 @@ class _EmbenchDockerOperator(DockerOperator):
             cpuset=server.limits.cpuset,
             cpus=server.limits.cpus,
             mem_limit=server.limits.memory,
-            host_address="127.0.0.1",
+            network=self.provisioned.get("docker_network"),
             docker_url=host["docker_url"],
         )
         return handle.to_dict()
@@ -141,7 +142,7 @@ class BenchmarkClientOperator(_EmbenchDockerOperator):
             if handle.launcher == "process":
                 run_client_process(args, ctx.work_dir() / "client.log", self.client_timeout_s)
             else:
-                self._run_client_container(context, args, ctx, config)
+                self._run_client_container(context, args, ctx, config, handle.network)
         finally:
             stopped = self._server_stopped(handle)
         if stopped:
@@ -193,7 +194,12 @@ class BenchmarkClientOperator(_EmbenchDockerOperator):
         return process_failure(int(handle.pid or 0))
 
     def _run_client_container(
-        self, context: Any, args: list[str], ctx: RunContext, config: AppConfig
+        self,
+        context: Any,
+        args: list[str],
+        ctx: RunContext,
+        config: AppConfig,
+        network: str | None,
     ) -> None:
         from airflow.providers.docker.exceptions import DockerContainerFailedException
 
@@ -201,7 +207,8 @@ class BenchmarkClientOperator(_EmbenchDockerOperator):
         work = str(ctx.work_dir())
         self.image = config.benchmark.images.client
         self.command = args
-        self.network_mode = "host"  # the server's port is published on the host's loopback
+        # The server's network, or the host's when its port is published on the loopback.
+        self.network_mode = network or "host"
         self.mounts = [
             Mount(work, work, type="bind"),
             Mount("/var/run/docker.sock", "/var/run/docker.sock", type="bind", read_only=True),
@@ -209,7 +216,7 @@ class BenchmarkClientOperator(_EmbenchDockerOperator):
         # Unique per run, map index and try: runs of other DAG runs may share the daemon.
         self.container_name = server_name(ctx).replace("embench-server-", "embench-client-", 1)
         self.container_name += f"-{ctx.try_number}"
-        self.labels = {**ctx.container_labels(), "io.embench.managed": "true"}
+        self.labels = {**ctx.container_labels(), MANAGED_LABEL: "true"}
         self.auto_remove = "force"
         self.mount_tmp_dir = False
         try:

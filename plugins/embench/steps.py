@@ -4,6 +4,7 @@ step runs and is tested without a scheduler. Values passed between tasks are pla
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from embench.config import AppConfig
 from embench.config.schema import ALL_VARIANTS
 from embench.errors import ConfigError, EmbenchError
 from embench.hosts import Host, make_provisioner
+from embench.launch.docker_server import RunIsLive
 from embench.launch.handle import ServerHandle
 from embench.paths import data_dir
 from embench.provenance import git_sha
@@ -50,8 +52,11 @@ class RunContext:
         }
 
     def container_labels(self) -> dict[str, str]:
-        """Docker labels: dag and run (for the sweep) and the map index (for the task)."""
-        return {f"io.embench.{key}": value for key, value in self.labels().items()}
+        """Docker labels: deployment, dag and run (for the sweeps), map index (for the task)."""
+        from embench.launch.docker_server import DEPLOYMENT_LABEL, deployment_name
+
+        labels = {f"io.embench.{key}": value for key, value in self.labels().items()}
+        return {**labels, DEPLOYMENT_LABEL: deployment_name()}
 
     def run_labels(self) -> dict[str, str]:
         """The labels every task of the run shares (a sweep removes what carries them)."""
@@ -150,13 +155,42 @@ def resolve_launcher(requested: str, docker_url: str) -> str:
 # ------------------------------------------------------------------------------- hosts
 
 
-def provision_host(params: dict[str, Any], ctx: RunContext, config: AppConfig) -> dict[str, Any]:
+def provision_host(
+    params: dict[str, Any], ctx: RunContext, config: AppConfig, run_is_live: RunIsLive
+) -> dict[str, Any]:
+    """Acquire the host, choose the launcher and how this worker reaches the containers it
+    starts there (failing at once when it cannot), and remove containers that runs no longer
+    alive left on it. A failure after the host was acquired releases it."""
     run = parse_params(params, config)
     provisioner = make_provisioner(config.benchmark.host, run.provisioner, config.config_dir)
     host = provisioner.acquire(ctx.labels())
-    launcher = resolve_launcher(run.launcher, host.docker_url)
-    log.info("host %s (%s), launcher %s", host.name, host.provisioner, launcher)
-    return {"host": host.to_dict(), "launcher": launcher}
+    try:
+        launcher = resolve_launcher(run.launcher, host.docker_url)
+        network = None
+        if launcher == "docker":
+            from embench.launch.docker_server import sweep_stale_containers
+            from embench.launch.reach import worker_network
+
+            cli = docker_client(host.docker_url)
+            configured = (
+                os.environ.get("EMBENCH_DOCKER_NETWORK") or config.benchmark.host.docker_network
+            )
+            network = worker_network(cli, configured, host.docker_url)
+            for stale in sweep_stale_containers(cli, run_is_live):
+                log.warning(
+                    "removed %s, left by %s %s", stale["name"], stale["dag_id"], stale["run_id"]
+                )
+    except BaseException:
+        provisioner.release(host)
+        raise
+    log.info(
+        "host %s (%s), launcher %s, network %s",
+        host.name,
+        host.provisioner,
+        launcher,
+        network or "host",
+    )
+    return {"host": host.to_dict(), "launcher": launcher, "docker_network": network}
 
 
 def release_host(provisioned: dict[str, Any] | None, ctx: RunContext, config: AppConfig) -> None:

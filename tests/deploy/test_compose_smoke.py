@@ -1,7 +1,13 @@
-"""The compose stack, brought up for real: scripts/compose_smoke.sh builds the images from the
-local base, starts docker-compose.airflow.yml under a unique project, triggers one short DAG
-run through the REST API, reads the stored results back (CLI and read-only role) and takes
-the stack down. This test runs it and checks that nothing of the project is left."""
+"""The compose stack, brought up for real by scripts/compose_smoke.sh (images built from the
+local base, docker-compose.airflow.yml under a unique project, no overlay):
+
+- defaults: the scheduled run that unpausing starts and a manual run with no conf (the form's
+  defaults: the docker launcher, from inside the scheduler's container) both succeed; the
+  results read back through the CLI and the read-only role; the UI plugin behind login.
+- down-mid-run: the stack taken down while a run's server container runs leaves it behind,
+  and the next start of the stack removes it.
+
+Each checks that nothing of the project, nor of its runs, is left afterwards."""
 
 from __future__ import annotations
 
@@ -46,10 +52,17 @@ def _project_containers(project: str) -> list[str]:
     return done.stdout.split()
 
 
-@pytest.mark.docker
-@pytest.mark.slow
-@pytest.mark.timeout(TIMEOUT_S + 120)
-def test_compose_stack_runs_the_dag_and_leaves_nothing(tmp_path: Path) -> None:
+def _run_containers(project: str) -> list[str]:
+    done = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=io.embench.deployment=compose-{project}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.split()
+
+
+def run_smoke(mode: str, tmp_path: Path) -> dict:
     if not _docker_answers():
         pytest.skip("no Docker daemon answers `docker info` (scripts/docker/ensure_docker.sh)")
     compose = _compose_binary()
@@ -60,6 +73,7 @@ def test_compose_stack_runs_the_dag_and_leaves_nothing(tmp_path: Path) -> None:
     summary_file = tmp_path / "summary.json"
     env = {
         **os.environ,
+        "SMOKE_MODE": mode,
         "SMOKE_PROJECT": project,
         "SMOKE_RESULT": str(summary_file),
         "DOCKER_COMPOSE": compose,
@@ -84,13 +98,39 @@ def test_compose_stack_runs_the_dag_and_leaves_nothing(tmp_path: Path) -> None:
             check=False,
             timeout=300,
         )
+        for container in _run_containers(project):
+            subprocess.run(["docker", "rm", "-f", container], capture_output=True, check=False)
     elapsed = time.monotonic() - started
+    print(done.stderr[-20000:])  # the script's log: run states, wall times, docker ps
     assert done.returncode == 0, (
-        f"compose smoke failed (status {done.returncode}, {elapsed:.0f} s):\n"
+        f"compose smoke ({mode}) failed (status {done.returncode}, {elapsed:.0f} s):\n"
         f"{done.stderr[-12000:]}\n{done.stdout[-2000:]}"
     )
     summary = json.loads(summary_file.read_text())
     assert summary["project"] == project
-    assert summary["run"]["state"] == "success"
-    assert summary["stored_runs_visible_to_reader"] >= 1
     assert _project_containers(project) == [], "containers of the smoke project remain"
+    assert _run_containers(project) == [], "containers of the smoke project's runs remain"
+    return summary
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.timeout(TIMEOUT_S + 120)
+def test_default_params_runs_succeed_with_the_docker_launcher(tmp_path: Path) -> None:
+    summary = run_smoke("defaults", tmp_path)
+    runs = summary["runs"]["runs"]
+    assert [run["dag_run_id"].split("__")[0] for run in runs] == ["scheduled", "manual"]
+    assert all(run["state"] == "success" for run in runs), runs
+    for run in runs:  # the docker launcher ran: the client in its container, from the stack
+        assert "benchmark.start_server[0]=success" in run["tasks"], run["tasks"]
+        assert run["client_ran_in_a_container"], run
+    assert summary["stored_runs_visible_to_reader"] >= 2
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.timeout(TIMEOUT_S + 120)
+def test_down_mid_run_leaves_a_container_that_the_next_start_removes(tmp_path: Path) -> None:
+    summary = run_smoke("down-mid-run", tmp_path)
+    assert any(line.startswith("embench-server-") for line in summary["after_down"])
+    assert summary["after_up"] == []

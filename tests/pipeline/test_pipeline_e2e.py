@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import threading
 import time
+import uuid
 
 import pytest
 import sqlalchemy as sa
@@ -79,19 +80,51 @@ def test_process_launcher_end_to_end(embench_run, pg_database):
     assert len(reports) == 1 and "| int8 | onnx | closed-c1 |" in reports[0].read_text()
 
 
+def plant_container(deployment: str, run_id: str) -> str:
+    """A container as a run of `deployment` would have left it (a stand-in: sleep)."""
+    done = subprocess.run(
+        [
+            "docker", "run", "-d", "--label", "io.embench.managed=true",
+            "--label", f"io.embench.deployment={deployment}",
+            "--label", "io.embench.dag_id=embedding_benchmark",
+            "--label", f"io.embench.run_id={run_id}",
+            "embench-base:bookworm", "sleep", "600",
+        ],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return done.stdout.strip()
+
+
+def container_exists(container_id: str) -> bool:
+    done = subprocess.run(["docker", "inspect", container_id], capture_output=True, check=False)
+    return done.returncode == 0
+
+
 @pytest.mark.docker
-def test_docker_launcher_end_to_end_leaves_no_container(embench_run, pg_database):
+def test_docker_launcher_end_to_end_leaves_no_container(embench_run, pg_database, monkeypatch):
     if not docker_available():
         pytest.skip("no Docker daemon")
-    db_url = pg_database()
-    run = embench_run(
-        "--variants", "fp32", "--scenarios", SCENARIOS, "--launcher", "docker", db_url=db_url
-    )
-    assert run.returncode == 0, run.output[-5000:]
-    run_id = run.run_id()
-    assert stored_runs(db_url, run_id) == [("fp32", 0, ["closed-c1", "open-r50-poisson"])]
-    assert "Starting docker container from image embench-client:latest" in run.output
-    assert containers_of(run_id) == []
+    deployment = f"e2e-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("EMBENCH_DEPLOYMENT", deployment)
+    # Left by a run that no longer exists: this deployment's is removed by the run's setup,
+    # another deployment's (sharing the daemon) is not.
+    stale = plant_container(deployment, "scheduled__gone")
+    foreign = plant_container(f"{deployment}-other", "scheduled__gone")
+    try:
+        db_url = pg_database()
+        run = embench_run(
+            "--variants", "fp32", "--scenarios", SCENARIOS, "--launcher", "docker", db_url=db_url
+        )
+        assert run.returncode == 0, run.output[-5000:]
+        run_id = run.run_id()
+        assert stored_runs(db_url, run_id) == [("fp32", 0, ["closed-c1", "open-r50-poisson"])]
+        assert "Starting docker container from image embench-client:latest" in run.output
+        assert containers_of(run_id) == []
+        assert not container_exists(stale), "the run's setup left a dead run's container"
+        assert "left by embedding_benchmark scheduled__gone" in run.output
+        assert container_exists(foreign), "the run's setup removed another deployment's container"
+    finally:
+        subprocess.run(["docker", "rm", "-f", stale, foreign], capture_output=True, check=False)
 
 
 @pytest.mark.docker

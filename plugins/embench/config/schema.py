@@ -225,6 +225,9 @@ class Ec2HostConfig(StrictModel):
 class HostConfig(StrictModel):
     provisioner: Literal["local", "ec2"] = "local"
     docker_url: str | None = None  # local Docker daemon (default: DOCKER_HOST or the socket)
+    # The network a containerized worker shares with the server and client containers
+    # (EMBENCH_DOCKER_NETWORK overrides; default: found from the worker's own container).
+    docker_network: str | None = None
     ec2: Ec2HostConfig = Ec2HostConfig()
 
 

@@ -4,8 +4,9 @@ low-level client (docker.APIClient, as DockerHook builds it from a connection or
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from docker import APIClient
@@ -21,6 +22,17 @@ CONTAINER_PORT = 8080
 MODEL_MOUNT = "/model"
 # Every container the pipeline starts carries this label, so a sweep can find leftovers.
 MANAGED_LABEL = "io.embench.managed"
+# ...and the Airflow deployment that started it: a sweep judges only its own deployment's
+# containers, whose runs it can look up (several deployments may share one Docker daemon).
+DEPLOYMENT_LABEL = "io.embench.deployment"
+RunIsLive = Callable[[str, str], bool]  # (dag id, run id) -> still queued or running
+
+
+def deployment_name() -> str:
+    """EMBENCH_DEPLOYMENT, else the Airflow home: one name per metadata database."""
+    if name := os.environ.get("EMBENCH_DEPLOYMENT"):
+        return name
+    return "airflow-home:" + os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow"))
 
 
 def start_server_container(
@@ -34,17 +46,18 @@ def start_server_container(
     cpuset: str | None = None,
     cpus: float | None = None,
     mem_limit: str | None = None,
-    host_address: str = "127.0.0.1",
+    network: str | None = None,
     health_timeout_s: float = 180.0,
     docker_url: str | None = None,
 ) -> ServerHandle:
-    """Start the container detached, publish its port on the host's loopback, wait for
-    /health. A container that never becomes healthy is removed before the error is raised."""
+    """Start the container detached and wait for /health. With `network` it joins that Docker
+    network and is reached at its address there; without, its port is published on the
+    host's loopback. A container that never becomes healthy is removed before the error."""
     _require_image(cli, image)
     remove_container(cli, name)  # a leftover of an earlier try under the same name
     host_config = cli.create_host_config(
         mounts=[Mount(MODEL_MOUNT, model_dir, type="bind", read_only=True)],
-        port_bindings={CONTAINER_PORT: ("127.0.0.1", None)},
+        port_bindings=None if network else {CONTAINER_PORT: ("127.0.0.1", None)},
         cpuset_cpus=cpuset,
         nano_cpus=int(cpus * 1e9) if cpus else None,
         mem_limit=mem_limit,
@@ -57,14 +70,18 @@ def start_server_container(
         labels={**labels, MANAGED_LABEL: "true"},
         ports=[CONTAINER_PORT],
         host_config=host_config,
+        networking_config=(
+            cli.create_networking_config({network: cli.create_endpoint_config()})
+            if network
+            else None
+        ),
         detach=True,
     )
     container_id = container["Id"]
     try:
         started = time.monotonic()
         cli.start(container_id)
-        port = _published_port(cli, container_id)
-        url = f"http://{host_address}:{port}"
+        url = _server_url(cli, container_id, network)
         wait_healthy(url, health_timeout_s, lambda: _stopped(cli, container_id))
         healthy_after = time.monotonic() - started
     except BaseException as exc:
@@ -84,6 +101,7 @@ def start_server_container(
         image_digest=cli.inspect_image(image).get("Id"),
         start_to_healthy_s=round(healthy_after, 3),
         labels=labels,
+        network=network,
     )
 
 
@@ -110,6 +128,28 @@ def sweep_containers(cli: APIClient, labels: dict[str, str]) -> list[str]:
     return removed
 
 
+def sweep_stale_containers(
+    cli: APIClient, is_live: RunIsLive, deployment: str | None = None, dry_run: bool = False
+) -> list[dict[str, str]]:
+    """Remove this deployment's containers whose DAG run is no longer queued or running (the
+    leftovers of a scheduler that died, or of a stack taken down mid-run); a container of a
+    live run is never touched. Returns what was (or, dry, would be) removed."""
+    filters = [f"{MANAGED_LABEL}=true", f"{DEPLOYMENT_LABEL}={deployment or deployment_name()}"]
+    live: dict[tuple[str, str], bool] = {}
+    stale = []
+    for container in cli.containers(all=True, filters={"label": filters}):
+        labels = container.get("Labels") or {}
+        run = (labels.get("io.embench.dag_id", ""), labels.get("io.embench.run_id", ""))
+        if run not in live:
+            live[run] = is_live(*run)
+        if live[run]:
+            continue
+        name = container["Names"][0].lstrip("/")
+        if dry_run or remove_container(cli, container["Id"]):
+            stale.append({"name": name, "dag_id": run[0], "run_id": run[1]})
+    return stale
+
+
 def container_failure(cli: APIClient, container_id: str) -> str | None:
     """Why the container is not running (exit code, OOM), or None while it runs."""
     return _stopped(cli, container_id)
@@ -123,14 +163,21 @@ def _require_image(cli: APIClient, image: str) -> None:
         )
 
 
-def _published_port(cli: APIClient, container_id: str) -> int:
+def _server_url(cli: APIClient, container_id: str, network: str | None) -> str:
+    """The container's address on `network`, else its port published on the loopback."""
     for _ in range(50):
-        bindings = cli.inspect_container(container_id)["NetworkSettings"]["Ports"] or {}
-        published = bindings.get(f"{CONTAINER_PORT}/tcp")
-        if published:
-            return int(published[0]["HostPort"])
+        settings = cli.inspect_container(container_id)["NetworkSettings"]
+        if network:
+            address = ((settings.get("Networks") or {}).get(network) or {}).get("IPAddress")
+            if address:
+                return f"http://{address}:{CONTAINER_PORT}"
+        else:
+            published = (settings.get("Ports") or {}).get(f"{CONTAINER_PORT}/tcp")
+            if published:
+                return f"http://127.0.0.1:{published[0]['HostPort']}"
         time.sleep(0.1)
-    raise EmbenchError(f"Docker published no host port for container {container_id[:12]}")
+    where = f"no address on network {network!r}" if network else "no published host port"
+    raise EmbenchError(f"Docker gave container {container_id[:12]} {where}")
 
 
 def _stopped(cli: APIClient, container_id: str) -> str | None:

@@ -27,6 +27,7 @@ class ServerHandle:
     start_to_healthy_s: float | None = None
     log_path: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    network: str | None = None  # the Docker network the client joins; None: the host's
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,62 @@
+"""`embench containers sweep`: remove the containers that DAG runs no longer alive left on a
+Docker host (a stack taken down mid-run, a scheduler that died). Each run's setup does the
+same at its start; this is the on-demand form, for an operator or the stack's init."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+from embench.console import stdout
+
+
+def add_container_commands(commands: Any) -> None:
+    containers = commands.add_parser("containers", help="the pipeline's containers on a host")
+    actions = containers.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sweep = actions.add_parser(
+        "sweep", help="remove containers of DAG runs that are no longer queued or running"
+    )
+    sweep.add_argument(
+        "--docker-url", help="Docker daemon (default: host.docker_url, DOCKER_HOST or the socket)"
+    )
+    sweep.add_argument("--dry-run", action="store_true", help="list what would be removed")
+    sweep.add_argument("--json", action="store_true", help="print JSON")
+    sweep.set_defaults(handler=cmd_sweep)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from embench import live_runs
+    from embench.config import load_config
+    from embench.hosts.local import LocalProvisioner
+    from embench.launch.docker_server import deployment_name, sweep_stale_containers
+    from embench.steps import docker_client
+
+    if "AIRFLOW_HOME" not in os.environ:  # the embedded Airflow of `embench run`
+        from embench.local_run import airflow_environment
+
+        os.environ.update(airflow_environment())
+    docker_url = (
+        args.docker_url
+        or LocalProvisioner(load_config(args.config_dir).benchmark.host.docker_url).docker_url
+    )
+    stale = sweep_stale_containers(
+        docker_client(docker_url), live_runs.from_metadata_db(), dry_run=args.dry_run
+    )
+    if args.json:
+        print(
+            json.dumps(
+                {"deployment": deployment_name(), "dry_run": args.dry_run, "containers": stale}
+            )
+        )
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    stdout.print(
+        f"{verb} {len(stale)} container(s) of runs no longer alive "
+        f"(deployment {deployment_name()!r}, {docker_url})",
+        highlight=False,
+    )
+    for item in stale:
+        stdout.print(f"  {item['name']}  ({item['dag_id']} {item['run_id']})", highlight=False)
+    return 0
