@@ -7,8 +7,8 @@ judge them against their history. The host is provisioned first and released las
 
     plan -> provision_host (setup)
          -> benchmark[model x variant x repetition]:
-              prepare_model -> start_server (setup) -> run_benchmark -> stop_server (teardown)
-                            -> store_results -> detect_regressions
+              prepare_model -> ship_to_host -> start_server (setup) -> run_benchmark
+                            -> stop_server (teardown) -> store_results -> detect_regressions
          -> release_host (teardown) -> report
 
 Trigger it from the UI with the form (models, variants, scenarios, repetitions, provisioner,
@@ -25,7 +25,6 @@ from airflow.sdk import Param, dag, get_current_context, setup, task, task_group
 
 from embench import live_runs, steps
 from embench.config import ALL_VARIANTS, load_config
-from embench.operators import BenchmarkClientOperator, ServerContainerOperator, run_context
 
 CONFIG = load_config()
 DEFAULTS = steps.default_params(CONFIG)
@@ -45,7 +44,11 @@ ON_HOST = {"pool": HOST_POOL, "weight_rule": "absolute"}
 
 
 def ctx() -> steps.RunContext:
-    return run_context(get_current_context())
+    return steps.RunContext.from_airflow(get_current_context())
+
+
+def run_is_live() -> steps.RunIsLive:
+    return live_runs.from_task_instance(get_current_context()["ti"])
 
 
 @dag(
@@ -82,12 +85,17 @@ def ctx() -> steps.RunContext:
             description="Scenarios from config/benchmark.yaml.",
         ),
         "repetitions": Param(DEFAULTS["repetitions"], type="integer", minimum=1, maximum=20),
-        "provisioner": Param(DEFAULTS["provisioner"], type="string", enum=["local", "ec2"]),
+        "provisioner": Param(
+            DEFAULTS["provisioner"],
+            type="string",
+            enum=["local", "ssh", "ec2"],
+            description="local: this machine; ssh: a host of host.ssh.hosts; ec2: an instance.",
+        ),
         "launcher": Param(
             DEFAULTS["launcher"],
             type="string",
             enum=["auto", "docker", "process"],
-            description="auto: docker when the host's Docker daemon answers, else process.",
+            description="auto: docker (on this machine: process when no Docker daemon answers).",
         ),
         "fail_on_regression": Param(DEFAULTS["fail_on_regression"], type="boolean"),
     },
@@ -100,8 +108,7 @@ def embedding_benchmark() -> None:
     @setup
     @task(execution_timeout=timedelta(minutes=20), **RETRY)
     def provision_host(params: dict[str, Any] | None = None) -> dict[str, Any]:
-        live = live_runs.from_task_instance(get_current_context()["ti"])
-        return steps.provision_host(params or {}, ctx(), CONFIG, live)
+        return steps.provision_host(params or {}, ctx(), CONFIG, run_is_live())
 
     @teardown
     @task(execution_timeout=timedelta(minutes=20), **TEARDOWN_RETRY)
@@ -116,12 +123,33 @@ def embedding_benchmark() -> None:
         def prepare_model(target: dict[str, Any]) -> dict[str, Any]:
             return steps.prepare_target(target, CONFIG)
 
+        @task(execution_timeout=timedelta(minutes=30), priority_weight=5, **RETRY, **ON_HOST)
+        def ship_to_host(prepared: dict[str, Any], provisioned: dict[str, Any]) -> dict[str, Any]:
+            return steps.ship_to_host(prepared, provisioned, CONFIG)
+
+        @setup
+        @task(execution_timeout=timedelta(minutes=10), priority_weight=10, **RETRY, **ON_HOST)
+        def start_server(prepared: dict[str, Any], provisioned: dict[str, Any]) -> dict[str, Any]:
+            return steps.start_server(prepared, provisioned, ctx(), CONFIG)
+
+        @task(
+            execution_timeout=timedelta(minutes=60),
+            priority_weight=20,
+            retries=1,
+            retry_delay=timedelta(seconds=5),
+            **ON_HOST,
+        )
+        def run_benchmark(
+            prepared: dict[str, Any], provisioned: dict[str, Any], server: dict[str, Any]
+        ) -> str:
+            return steps.run_benchmark(prepared, provisioned, server, ctx(), CONFIG)
+
         @teardown
         @task(
             execution_timeout=timedelta(minutes=5), priority_weight=30, **TEARDOWN_RETRY, **ON_HOST
         )
-        def stop_server(server: dict[str, Any] | None) -> None:
-            steps.stop_server(server, ctx())
+        def stop_server(server: dict[str, Any] | None, provisioned: dict[str, Any] | None) -> None:
+            steps.stop_server(server, provisioned, ctx(), CONFIG)
 
         @task(execution_timeout=timedelta(minutes=5), **RETRY)
         def store_results(result_path: str) -> dict[str, Any]:
@@ -134,29 +162,13 @@ def embedding_benchmark() -> None:
             return steps.detect_regressions(stored, params or {}, CONFIG)
 
         prepared = prepare_model(target)
-        server = ServerContainerOperator(
-            task_id="start_server",
-            prepared=prepared,
-            provisioned=host,
-            execution_timeout=timedelta(minutes=10),
-            priority_weight=10,
-            **RETRY,
-            **ON_HOST,
-        ).as_setup()
-        result = BenchmarkClientOperator(
-            task_id="run_benchmark",
-            prepared=prepared,
-            provisioned=host,
-            server=server.output,
-            execution_timeout=timedelta(minutes=60),
-            priority_weight=20,
-            retries=1,
-            retry_delay=timedelta(seconds=5),
-            **ON_HOST,
-        )
-        stopped = stop_server(server.output)
-        server >> result >> stopped
-        stored = store_results(result.output)
+        shipped = ship_to_host(prepared, host)
+        server = start_server(prepared, host)
+        shipped >> server
+        result = run_benchmark(prepared, host, server)
+        stopped = stop_server(server, host)
+        result >> stopped
+        stored = store_results(result)
         stopped >> stored
         return detect_regressions(stored)
 

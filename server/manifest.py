@@ -74,3 +74,49 @@ def file_sha256(path: Path) -> str:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def check_files(model_dir: Path, manifest: Manifest | None = None) -> list[str]:
+    """What is wrong with the files of a prepared variant against its manifest (empty: all
+    present with their recorded size and sha256)."""
+    manifest = manifest or read_manifest(model_dir)
+    problems = []
+    for name, info in manifest.files.items():
+        path = model_dir / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif path.stat().st_size != info.size or file_sha256(path) != info.sha256:
+            problems.append(f"{name} does not match its recorded sha256")
+    return problems
+
+
+VERIFIED_MARK = ".embench-verified"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m server.manifest verify DIR [--mark]`: check a variant shipped to a host;
+    with --mark, record the manifest's sha256 in DIR/.embench-verified when it passes."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m server.manifest")
+    parser.add_argument("action", choices=["verify"])
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("--mark", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        problems = check_files(args.model_dir)
+    except (OSError, ValueError) as exc:
+        problems = [f"unreadable manifest: {exc}"]
+    if problems:
+        print(f"{args.model_dir}: " + "; ".join(problems), file=sys.stderr)
+        return 1
+    if args.mark:
+        digest = hashlib.sha256((args.model_dir / MANIFEST_NAME).read_bytes()).hexdigest()
+        (args.model_dir / VERIFIED_MARK).write_text(digest)
+    print(f"{args.model_dir}: every file matches the manifest")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -131,7 +131,7 @@ def client_ran_in_a_container(api: Api, run_id: str) -> bool:
     base = f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task}"
     try_number = api.call("GET", f"{base}/0").get("try_number") or 1
     log_json = api.call("GET", f"{base}/logs/{try_number}?map_index=0&full_content=true")
-    return "Starting docker container from image" in json.dumps(log_json)
+    return "the load client runs in container" in json.dumps(log_json)
 
 
 def _wall_seconds(run: dict[str, Any]) -> float | None:

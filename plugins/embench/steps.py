@@ -3,6 +3,7 @@ step runs and is tested without a scheduler. Values passed between tasks are pla
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -20,6 +21,7 @@ from embench.errors import ConfigError, EmbenchError
 from embench.hosts import Host, make_provisioner
 from embench.launch.docker_server import RunIsLive
 from embench.launch.handle import ServerHandle
+from embench.launch.site import DockerSite, Site, open_site
 from embench.paths import data_dir
 from embench.provenance import git_sha
 
@@ -41,6 +43,19 @@ class RunContext:
     trigger: str = "manual"  # scheduled | manual
     map_index: int = -1
     try_number: int = 1
+
+    @classmethod
+    def from_airflow(cls, context: Any) -> RunContext:
+        """From an Airflow task context."""
+        ti = context["ti"]
+        run_type = str(getattr(context.get("dag_run"), "run_type", "manual"))
+        return cls(
+            dag_id=ti.dag_id,
+            run_id=ti.run_id,
+            trigger="scheduled" if "scheduled" in run_type.lower() else "manual",
+            map_index=ti.map_index if ti.map_index is not None else -1,
+            try_number=ti.try_number or 1,
+        )
 
     def labels(self) -> dict[str, str]:
         return {
@@ -77,7 +92,7 @@ class RunParams(BaseModel):
     variants: list[str] = Field(default_factory=list)  # empty: each model's own list
     scenarios: list[str] = Field(default_factory=list)  # empty: all
     repetitions: int = Field(default=1, ge=1, le=20)
-    provisioner: Literal["local", "ec2"] = "local"
+    provisioner: Literal["local", "ssh", "ec2"] = "local"
     launcher: Launcher = "auto"
     fail_on_regression: bool = False
 
@@ -137,18 +152,27 @@ def plan_targets(params: dict[str, Any], config: AppConfig) -> list[dict[str, An
     return targets
 
 
-def resolve_launcher(requested: str, docker_url: str) -> str:
-    """`auto`: docker when a daemon answers at docker_url, else process."""
+def resolve_launcher(requested: str, host: Host) -> str:
+    """`auto`: docker when the host's daemon answers, else (this machine only) process. A
+    remote host runs the docker launcher or nothing: a benchmark never silently moves onto
+    the worker."""
+    if host.remote:
+        if requested == "process":
+            raise ConfigError(
+                f"DAG params: launcher: the process launcher runs on this worker only; host "
+                f"{host.name} ({host.provisioner}) needs launcher docker or auto"
+            )
+        return "docker"
     if requested != "auto":
         return requested
     from docker import APIClient
     from docker.errors import DockerException
 
     try:
-        APIClient(base_url=docker_url, timeout=5).ping()
+        APIClient(base_url=host.docker_url, timeout=5).ping()
         return "docker"
     except (DockerException, OSError):
-        log.info("no Docker daemon at %s: using the process launcher", docker_url)
+        log.info("no Docker daemon at %s: using the process launcher", host.docker_url)
         return "process"
 
 
@@ -158,53 +182,64 @@ def resolve_launcher(requested: str, docker_url: str) -> str:
 def provision_host(
     params: dict[str, Any], ctx: RunContext, config: AppConfig, run_is_live: RunIsLive
 ) -> dict[str, Any]:
-    """Acquire the host, choose the launcher and how this worker reaches the containers it
-    starts there (failing at once when it cannot), and remove containers that runs no longer
-    alive left on it. A failure after the host was acquired releases it."""
+    """Acquire the host and choose the launcher; with Docker, check that its daemon answers,
+    work out how this worker reaches the containers it starts there (failing at once when it
+    cannot), and remove containers that runs no longer alive left on it. A failure after the
+    host was acquired releases it."""
     run = parse_params(params, config)
-    provisioner = make_provisioner(config.benchmark.host, run.provisioner, config.config_dir)
+    provisioner = make_provisioner(
+        config.benchmark.host, run.provisioner, config.config_dir, run_is_live
+    )
     host = provisioner.acquire(ctx.labels())
     try:
-        launcher = resolve_launcher(run.launcher, host.docker_url)
-        network = None
-        if launcher == "docker":
-            from embench.launch.docker_server import sweep_stale_containers
+        provisioned = {
+            "host": host.to_dict(),
+            "launcher": resolve_launcher(run.launcher, host),
+            "docker_network": None,
+        }
+        if provisioned["launcher"] == "docker":
             from embench.launch.reach import worker_network
 
-            cli = docker_client(host.docker_url)
-            configured = (
-                os.environ.get("EMBENCH_DOCKER_NETWORK") or config.benchmark.host.docker_network
-            )
-            network = worker_network(cli, configured, host.docker_url)
-            for stale in sweep_stale_containers(cli, run_is_live):
-                log.warning(
-                    "removed %s, left by %s %s", stale["name"], stale["dag_id"], stale["run_id"]
-                )
+            with DockerSite(host, config) as site:
+                site.ping()
+                if not host.remote:
+                    configured = os.environ.get("EMBENCH_DOCKER_NETWORK")
+                    configured = configured or config.benchmark.host.docker_network
+                    network = worker_network(site.cli, configured, host.docker_url)
+                    provisioned["docker_network"] = network
+                for stale in site.sweep_stale(run_is_live):
+                    log.warning(
+                        "removed %s, left by %s %s", stale["name"], stale["dag_id"], stale["run_id"]
+                    )
     except BaseException:
         provisioner.release(host)
         raise
     log.info(
-        "host %s (%s), launcher %s, network %s",
+        "host %s (%s, %s), launcher %s, network %s",
         host.name,
         host.provisioner,
-        launcher,
-        network or "host",
+        host.address,
+        provisioned["launcher"],
+        provisioned["docker_network"] or "the host's",
     )
-    return {"host": host.to_dict(), "launcher": launcher, "docker_network": network}
+    return provisioned
 
 
 def release_host(provisioned: dict[str, Any] | None, ctx: RunContext, config: AppConfig) -> None:
-    """Remove every server container of the run still on the host, then release the host."""
+    """Remove every container of the run still on the host, then release the host: always,
+    even when the host cannot be reached any more (an instance is still terminated)."""
     if not provisioned:
         return  # provisioning failed before a host existed
     host = Host.from_dict(provisioned["host"])
-    if provisioned["launcher"] == "docker":
-        from embench.launch.docker_server import sweep_containers
-
-        removed = sweep_containers(docker_client(host.docker_url), ctx.run_labels())
+    try:
+        with open_site(provisioned, config) as site:
+            removed = site.sweep_run(ctx.run_labels())
         if removed:
             log.warning("removed leftover containers: %s", ", ".join(removed))
-    make_provisioner(config.benchmark.host, host.provisioner, config.config_dir).release(host)
+    except Exception as exc:  # the release below must happen whatever this did
+        log.warning("could not sweep the run's containers on %s: %s", host.name, exc)
+    finally:
+        make_provisioner(config.benchmark.host, host.provisioner, config.config_dir).release(host)
 
 
 def docker_client(docker_url: str) -> Any:
@@ -229,46 +264,122 @@ def prepare_target(target: dict[str, Any], config: AppConfig) -> dict[str, Any]:
     }
 
 
+def ship_to_host(
+    prepared: dict[str, Any], provisioned: dict[str, Any], config: AppConfig
+) -> dict[str, Any]:
+    """Put the images and the prepared model on the host, each only when it lacks them."""
+    with open_site(provisioned, config) as site:
+        return dict(site.ship(prepared))
+
+
 def server_name(ctx: RunContext) -> str:
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{ctx.dag_id}-{ctx.run_id}")[-80:].strip("-.")
     return f"embench-server-{safe}-{ctx.map_index}"
 
 
-def start_process_server(
-    prepared: dict[str, Any], ctx: RunContext, config: AppConfig
-) -> dict[str, Any]:
-    from embench.launch.process_server import start_server_process
+def client_name(ctx: RunContext) -> str:
+    """One name per (run, map index): a retry's client replaces a lost try's, still running."""
+    return server_name(ctx).replace("embench-server-", "embench-client-", 1)
 
-    server = config.benchmark.server
-    handle = start_server_process(
-        model_dir=prepared["model_dir"],
-        environment=server.environment(),
-        labels=ctx.labels(),
-        log_path=ctx.work_dir() / "server.log",
-        cpuset=server.limits.cpuset,
+
+def start_server(
+    prepared: dict[str, Any], provisioned: dict[str, Any], ctx: RunContext, config: AppConfig
+) -> dict[str, Any]:
+    """Setup: start the server under test on the host and wait until it answers /health."""
+    with open_site(provisioned, config) as site:
+        handle = site.start_server(
+            prepared, server_name(ctx), ctx.container_labels(), ctx.work_dir() / "server.log"
+        )
+    log.info(
+        "server %s healthy at %s, %.1f s from start",
+        handle.name,
+        handle.url,
+        handle.start_to_healthy_s or 0.0,
     )
     return handle.to_dict()
 
 
-def stop_server(handle: dict[str, Any] | None, ctx: RunContext) -> None:
-    """Teardown: remove the container (by id, and by name for a replacement a retry started)
-    or stop the process. Safe when start_server failed before a server existed."""
-    if not handle:
+def stop_server(
+    handle: dict[str, Any] | None,
+    provisioned: dict[str, Any] | None,
+    ctx: RunContext,
+    config: AppConfig,
+) -> None:
+    """Teardown: fetch the server's log, remove the server (by id, and by name for a
+    replacement a retry started). Safe when start_server failed before a server existed."""
+    if not handle or not provisioned:
         return
-    server = ServerHandle.from_dict(handle)
-    if server.launcher == "docker":
-        from embench.launch.docker_server import remove_container
-
-        cli = docker_client(server.docker_url or "unix:///var/run/docker.sock")
-        for container in {server.container_id, server.name} - {None}:
-            remove_container(cli, str(container))
-    elif server.pid:
-        from embench.launch.process_server import stop_server_process
-
-        stop_server_process(server.pid)
+    with open_site(provisioned, config) as site:
+        site.stop_server(ServerHandle.from_dict(handle), ctx.work_dir() / "server.log")
 
 
 # ---------------------------------------------------------------------------- benchmark
+
+
+def run_benchmark(
+    prepared: dict[str, Any],
+    provisioned: dict[str, Any],
+    server: dict[str, Any],
+    ctx: RunContext,
+    config: AppConfig,
+    timeout_s: float = 3600.0,
+) -> str:
+    """Run the scenarios against the server; returns the result file's path (on the worker).
+    A server that stopped during the run fails the task and its partial result is dropped,
+    so that the retry, which starts a new server, measures again."""
+    with open_site(provisioned, config) as site:
+        handle = _server_answering(site, prepared, ServerHandle.from_dict(server), ctx)
+        scenarios = write_run_scenarios(prepared, ctx, config, handle)
+        out = result_path(ctx)
+        out.unlink(missing_ok=True)  # a failed earlier try's partial result
+        try:
+            site.run_client(
+                handle, scenarios, out, client_name(ctx), ctx.container_labels(), timeout_s
+            )
+        finally:
+            stopped = _server_failure(site, handle)
+    if stopped:
+        out.unlink(missing_ok=True)
+        raise EmbenchError(
+            f"the server {handle.name} stopped during the benchmark ({stopped}); "
+            "its partial result was discarded"
+        )
+    if not out.is_file():
+        raise EmbenchError(f"the load client finished without writing {out}")
+    summary = json.loads(out.read_text())
+    log.info(
+        "result %s: status %s, %d scenario(s)",
+        out,
+        summary.get("status"),
+        len(summary.get("scenarios", [])),
+    )
+    return str(out)
+
+
+def _server_failure(site: Site, handle: ServerHandle) -> str | None:
+    try:
+        return site.server_failure(handle)
+    except Exception as exc:  # the host went away: not the server's fault, and no verdict
+        log.warning("cannot tell whether the server still runs: %s", exc)
+        return None
+
+
+def _server_answering(
+    site: Site, prepared: dict[str, Any], handle: ServerHandle, ctx: RunContext
+) -> ServerHandle:
+    """The server of the setup task, or a new one when it died (a retry after a crash)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{handle.url}/health", timeout=5) as response:
+            if response.status == 200:
+                return handle
+    except OSError as exc:
+        log.warning("server %s does not answer (%s): starting a new one", handle.name, exc)
+    site.stop_server(handle, None)
+    return site.start_server(
+        prepared, server_name(ctx), ctx.container_labels(), ctx.work_dir() / "server.log"
+    )
 
 
 def write_run_scenarios(

@@ -167,7 +167,7 @@ def test_a_server_on_a_network_is_healthy_at_its_address_there(cli, created, pre
             cli,
             image=image,
             name=f"embench-server-test-{uuid.uuid4().hex[:8]}",
-            model_dir=str(prepared_minilm["fp32"].directory),
+            model_source=str(prepared_minilm["fp32"].directory),
             environment={"EMBENCH_THREADS": "1"},
             labels={},
             network=network,

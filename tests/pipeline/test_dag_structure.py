@@ -39,6 +39,7 @@ def test_task_graph(dag):
             f"{GROUP}.{t}"
             for t in (
                 "prepare_model",
+                "ship_to_host",
                 "start_server",
                 "run_benchmark",
                 "stop_server",
@@ -48,8 +49,13 @@ def test_task_graph(dag):
         ),
     }
     task = dag.get_task
+    assert task(f"{GROUP}.ship_to_host").upstream_task_ids == {
+        f"{GROUP}.prepare_model",
+        "provision_host",
+    }
     assert task(f"{GROUP}.start_server").upstream_task_ids == {
         f"{GROUP}.prepare_model",
+        f"{GROUP}.ship_to_host",
         "provision_host",
     }
     assert task(f"{GROUP}.store_results").upstream_task_ids >= {f"{GROUP}.run_benchmark"}
@@ -74,7 +80,9 @@ def test_the_benchmark_group_is_mapped_over_the_plan(dag):
 
 
 def test_host_pool_timeouts_and_retries(dag):
-    on_host = {f"{GROUP}.{t}" for t in ("start_server", "run_benchmark", "stop_server")}
+    on_host = {
+        f"{GROUP}.{t}" for t in ("ship_to_host", "start_server", "run_benchmark", "stop_server")
+    }
     for task in dag.tasks:
         assert task.execution_timeout is not None, task.task_id
         assert task.execution_timeout <= timedelta(hours=1), task.task_id
@@ -86,9 +94,10 @@ def test_host_pool_timeouts_and_retries(dag):
     # Finish a benchmark before the next server starts on the same host.
     weight = {
         t: dag.get_task(f"{GROUP}.{t}").priority_weight
-        for t in ("start_server", "run_benchmark", "stop_server")
+        for t in ("ship_to_host", "start_server", "run_benchmark", "stop_server")
     }
     assert weight["stop_server"] > weight["run_benchmark"] > weight["start_server"]
+    assert weight["start_server"] > weight["ship_to_host"]
 
 
 def test_params_validate_the_trigger_form(dag):

@@ -118,7 +118,7 @@ def test_docker_launcher_end_to_end_leaves_no_container(embench_run, pg_database
         assert run.returncode == 0, run.output[-5000:]
         run_id = run.run_id()
         assert stored_runs(db_url, run_id) == [("fp32", 0, ["closed-c1", "open-r50-poisson"])]
-        assert "Starting docker container from image embench-client:latest" in run.output
+        assert "the load client runs in container embench-client-" in run.output
         assert containers_of(run_id) == []
         assert not container_exists(stale), "the run's setup left a dead run's container"
         assert "left by embedding_benchmark scheduled__gone" in run.output

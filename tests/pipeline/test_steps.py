@@ -6,6 +6,7 @@ import pytest
 
 from embench import steps
 from embench.errors import ConfigError
+from embench.hosts import Host
 
 
 def test_plan_expands_models_variants_and_repetitions(app_config):
@@ -51,14 +52,11 @@ def test_run_context_keys_results_and_containers():
     assert all(c.isalnum() or c in "-_." for c in name)
 
 
-def test_auto_launcher_falls_back_to_process_without_a_daemon(tmp_path):
-    assert steps.resolve_launcher("auto", f"unix://{tmp_path}/no-docker.sock") == "process"
-    assert steps.resolve_launcher("docker", f"unix://{tmp_path}/no-docker.sock") == "docker"
-
-
-def test_an_ec2_hosts_docker_daemon_is_reached_over_ssh():
-    # docker's ssh:// transport needs paramiko; without it the error names the package.
-    with pytest.raises(Exception) as caught:
-        steps.docker_client("ssh://nobody@127.0.0.1:9")
-    assert "paramiko" not in str(caught.value).lower()
-    assert "Unable to connect to port 9 on 127.0.0.1" in str(caught.value)
+def test_auto_launcher_falls_back_to_process_without_a_daemon_on_this_machine_only(tmp_path):
+    here = Host("local", "here", f"unix://{tmp_path}/no-docker.sock", "127.0.0.1")
+    assert steps.resolve_launcher("auto", here) == "process"
+    assert steps.resolve_launcher("docker", here) == "docker"
+    remote = Host("ssh", "bench-1", "ssh://root@10.0.0.9:22", "10.0.0.9", ssh={"address": "x"})
+    assert steps.resolve_launcher("auto", remote) == "docker"  # never the worker, silently
+    with pytest.raises(ConfigError, match="the process launcher runs on this worker only"):
+        steps.resolve_launcher("process", remote)

@@ -115,12 +115,24 @@ class ScenarioConfig(ScenarioParams):
     model_config = StrictModel.model_config
 
 
+CpuSet = Annotated[str, Field(pattern=r"^\d+(-\d+)?(,\d+(-\d+)?)*$")]
+Memory = Annotated[str, Field(pattern=r"^\d+[bkmg]?$")]
+
+
 class ServerLimits(StrictModel):
     """Resources of the server container (or process) under test."""
 
     cpus: PositiveFloat | None = None
-    cpuset: Annotated[str, Field(pattern=r"^\d+(-\d+)?(,\d+(-\d+)?)*$")] | None = None
-    memory: Annotated[str, Field(pattern=r"^\d+[bkmg]?$")] = "4g"
+    cpuset: CpuSet | None = None
+    memory: Memory = "4g"
+
+
+class ClientLimits(StrictModel):
+    """Resources of the load client's container on the host: its own CPUs beside the server's
+    (as the seed splits a 30-vCPU host 16 + 14), so that the two never compete."""
+
+    cpuset: CpuSet | None = None
+    memory: Memory | None = None
 
 
 # The server's own settings (server.config.ServerSettings, one schema) that benchmark.yaml
@@ -222,12 +234,42 @@ class Ec2HostConfig(StrictModel):
     ready_timeout_s: PositiveFloat = 600.0
 
 
+class SshHostConfig(StrictModel):
+    """One static benchmark host (a bare-metal box, an existing instance) reached over SSH."""
+
+    name: Identifier
+    address: str
+    user: str = "root"
+    port: Annotated[int, Field(ge=1, le=65535)] = 22
+    docker_socket: str = "/var/run/docker.sock"  # the daemon's socket on the host
+    key_path: str | None = None  # default: host.ssh.key_path
+    known_hosts: str | None = None  # default: host.ssh.known_hosts
+    publish_address: str = "0.0.0.0"  # the host's interface the server's port is bound to
+    lock_path: str | None = None  # default: host.ssh.lock_path
+
+
+class SshHostsConfig(StrictModel):
+    """The `ssh` provisioner: a run takes the first free host of `hosts`, under a lock on the
+    host itself (a directory at `lock_path`), so two runs never share one."""
+
+    hosts: list[SshHostConfig] = Field(default_factory=list)
+    # The private key: an Airflow connection's `private_key` extra (or its password as a key
+    # file path), else a file on the worker. Never in this file, never in a log.
+    ssh_conn_id: str | None = None
+    key_path: str | None = "~/.ssh/embench-benchmark"
+    known_hosts: str | None = "~/.ssh/embench_known_hosts"  # the hosts' pinned keys
+    host_key_policy: Literal["pinned", "accept-new"] = "pinned"
+    lock_path: str = "/var/lock/embench-benchmark-host"
+    connect_timeout_s: Annotated[int, Field(ge=1, le=300)] = 10
+
+
 class HostConfig(StrictModel):
-    provisioner: Literal["local", "ec2"] = "local"
+    provisioner: Literal["local", "ssh", "ec2"] = "local"
     docker_url: str | None = None  # local Docker daemon (default: DOCKER_HOST or the socket)
     # The network a containerized worker shares with the server and client containers
     # (EMBENCH_DOCKER_NETWORK overrides; default: found from the worker's own container).
     docker_network: str | None = None
+    ssh: SshHostsConfig = SshHostsConfig()
     ec2: Ec2HostConfig = Ec2HostConfig()
 
 
@@ -247,6 +289,7 @@ class BenchmarkFile(StrictModel):
     warmup: WarmupConfig = WarmupConfig()
     stability: StabilityConfig = StabilityConfig()
     server: ServerConfig = ServerConfig()
+    client: ClientLimits = ClientLimits()
     host: HostConfig = HostConfig()
     images: ImagesConfig = ImagesConfig()
     regression: RegressionConfig = RegressionConfig()

@@ -5,17 +5,36 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol
 
-ProvisionerKind = Literal["local", "ec2"]
+ProvisionerKind = Literal["local", "ssh", "ec2"]
 
 
 @dataclass(frozen=True)
 class Host:
+    """A machine with a Docker daemon: this one, or one reached over SSH (`ssh` holds the
+    SshEndpoint's fields; its daemon is reached through a tunnel of the OpenSSH client)."""
+
     provisioner: ProvisionerKind
-    name: str  # hostname, or the EC2 instance id
-    docker_url: str  # the host's Docker daemon: unix:///var/run/docker.sock, ssh://user@ip
-    address: str  # where the client reaches a port published on this host
+    name: str  # hostname, the static host's name, or the EC2 instance id
+    docker_url: str  # this machine's daemon (unix://...), or ssh://user@address for display
+    address: str  # where the worker reaches a port published on this host
     instance_id: str | None = None
     region: str | None = None
+    ssh: dict[str, Any] | None = None  # None: this machine
+    publish_address: str = "127.0.0.1"  # the host's interface the server's port is bound to
+    lock: str | None = None  # the lock this run holds on the host (static ssh hosts)
+
+    @property
+    def remote(self) -> bool:
+        return self.ssh is not None
+
+    @property
+    def docker_socket(self) -> str:
+        """The daemon's socket path on the host (mounted into the client for its stats)."""
+        if self.ssh:
+            return str(self.ssh.get("docker_socket") or "/var/run/docker.sock")
+        if self.docker_url.startswith("unix://"):
+            return self.docker_url.removeprefix("unix://")
+        return "/var/run/docker.sock"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -29,7 +48,8 @@ class Provisioner(Protocol):
     kind: ProvisionerKind
 
     def acquire(self, labels: dict[str, str]) -> Host:
-        """A host ready to run containers, tagged with `labels` (dag id, run id)."""
+        """A host ready to run containers, tagged with `labels` (dag id, run id). A failure
+        after something was created or taken gives it back before raising."""
         ...
 
     def release(self, host: Host) -> None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from embench.errors import EmbenchError
 from embench.hosts.base import Host
+from embench.hosts.ssh import SshEndpoint
 
 if TYPE_CHECKING:
     from embench.config.schema import Ec2HostConfig
@@ -350,6 +351,21 @@ class Ec2Provisioner:
         address = instance.get("PublicIpAddress") or instance.get("PrivateIpAddress")
         if not address:
             raise EmbenchError("running but has no IP address")
+        ssh = SshEndpoint(
+            address=address,
+            user=outputs.ssh_user,
+            key_path=str(self.probe.key_path)
+            if isinstance(self.probe, SshReadinessProbe)
+            else None,
+            known_hosts=(
+                str(self.probe.known_hosts)
+                if isinstance(self.probe, SshReadinessProbe) and self.probe.known_hosts
+                else None
+            ),
+            # The readiness probe recorded the new instance's key (after forgetting any old
+            # one of a reused address); from then on it is checked like a pinned one.
+            host_key_policy="accept-new",
+        )
         host = Host(
             provisioner="ec2",
             name=instance_id,
@@ -357,6 +373,8 @@ class Ec2Provisioner:
             address=address,
             instance_id=instance_id,
             region=region,
+            ssh=ssh.to_dict(),
+            publish_address="0.0.0.0",
         )
         self.probe.wait_ready(address, outputs.ssh_user, outputs.ready_marker, self.ready_timeout_s)
         return host

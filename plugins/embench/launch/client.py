@@ -20,9 +20,11 @@ CLIENT_EXIT_MEANING = {
 
 
 def client_arguments(handle: ServerHandle, scenario_file: str, out: str) -> list[str]:
-    """`python -m client` arguments: the scenarios, where to write, and how to sample the
-    server's CPU and memory (Docker stats for a container, psutil for a process)."""
-    args = ["run", "--url", handle.url, "--scenario-file", scenario_file, "--out", out]
+    """`python -m client` arguments: the server as the client reaches it, the scenarios, where
+    to write, and how to sample the server's CPU and memory (Docker stats for a container,
+    psutil for a process)."""
+    args = ["run", "--url", handle.url_for_client, "--scenario-file", scenario_file]
+    args += ["--out", out]
     args += ["--progress", "plain", "--wait-timeout", "60"]
     if handle.container_id:
         args += ["--container", handle.container_id]

@@ -40,24 +40,34 @@ def start_server_container(
     *,
     image: str,
     name: str,
-    model_dir: str,
+    model_source: str,
     environment: dict[str, str],
     labels: dict[str, str],
+    model_mount_type: str = "bind",
     cpuset: str | None = None,
     cpus: float | None = None,
     mem_limit: str | None = None,
     network: str | None = None,
+    publish_address: str = "127.0.0.1",
+    reach_address: str = "127.0.0.1",
     health_timeout_s: float = 180.0,
     docker_url: str | None = None,
 ) -> ServerHandle:
-    """Start the container detached and wait for /health. With `network` it joins that Docker
-    network and is reached at its address there; without, its port is published on the
-    host's loopback. A container that never becomes healthy is removed before the error."""
+    """Start the container detached and wait for /health, checked from this process.
+
+    - `network`: the container joins that Docker network and is reached at its address there
+      (a worker in a container on the same daemon); the client joins it too.
+    - otherwise its port is published on the host's `publish_address` and reached at
+      `reach_address` (the host's loopback locally, the host's address when remote); the
+      client, on the host's network, reaches it on the host's loopback.
+
+    The model is `model_source`: a directory (`bind`) or a volume (`volume`), read-only. A
+    container that never becomes healthy is removed before the error is raised."""
     _require_image(cli, image)
     remove_container(cli, name)  # a leftover of an earlier try under the same name
     host_config = cli.create_host_config(
-        mounts=[Mount(MODEL_MOUNT, model_dir, type="bind", read_only=True)],
-        port_bindings=None if network else {CONTAINER_PORT: ("127.0.0.1", None)},
+        mounts=[Mount(MODEL_MOUNT, model_source, type=model_mount_type, read_only=True)],
+        port_bindings=None if network else {CONTAINER_PORT: (publish_address, None)},
         cpuset_cpus=cpuset,
         nano_cpus=int(cpus * 1e9) if cpus else None,
         mem_limit=mem_limit,
@@ -81,7 +91,7 @@ def start_server_container(
     try:
         started = time.monotonic()
         cli.start(container_id)
-        url = _server_url(cli, container_id, network)
+        url, client_url = _server_urls(cli, container_id, network, reach_address)
         wait_healthy(url, health_timeout_s, lambda: _stopped(cli, container_id))
         healthy_after = time.monotonic() - started
     except BaseException as exc:
@@ -102,6 +112,7 @@ def start_server_container(
         start_to_healthy_s=round(healthy_after, 3),
         labels=labels,
         network=network,
+        client_url=client_url,
     )
 
 
@@ -163,18 +174,23 @@ def _require_image(cli: APIClient, image: str) -> None:
         )
 
 
-def _server_url(cli: APIClient, container_id: str, network: str | None) -> str:
-    """The container's address on `network`, else its port published on the loopback."""
+def _server_urls(
+    cli: APIClient, container_id: str, network: str | None, reach_address: str
+) -> tuple[str, str]:
+    """(URL from this process, URL from the client): the container's address on `network`
+    for both, else the published port at `reach_address` and on the host's loopback."""
     for _ in range(50):
         settings = cli.inspect_container(container_id)["NetworkSettings"]
         if network:
             address = ((settings.get("Networks") or {}).get(network) or {}).get("IPAddress")
             if address:
-                return f"http://{address}:{CONTAINER_PORT}"
+                url = f"http://{address}:{CONTAINER_PORT}"
+                return url, url
         else:
             published = (settings.get("Ports") or {}).get(f"{CONTAINER_PORT}/tcp")
             if published:
-                return f"http://127.0.0.1:{published[0]['HostPort']}"
+                port = published[0]["HostPort"]
+                return f"http://{reach_address}:{port}", f"http://127.0.0.1:{port}"
         time.sleep(0.1)
     where = f"no address on network {network!r}" if network else "no published host port"
     raise EmbenchError(f"Docker gave container {container_id[:12]} {where}")

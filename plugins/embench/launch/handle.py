@@ -17,7 +17,7 @@ LauncherKind = Literal["docker", "process"]
 @dataclass(frozen=True)
 class ServerHandle:
     launcher: LauncherKind
-    url: str  # as the client reaches it
+    url: str  # as the worker reaches it (health checks)
     name: str  # container name, or "pid <n>"
     container_id: str | None = None
     pid: int | None = None
@@ -28,6 +28,11 @@ class ServerHandle:
     log_path: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     network: str | None = None  # the Docker network the client joins; None: the host's
+    client_url: str | None = None  # as the client reaches it, when not `url`
+
+    @property
+    def url_for_client(self) -> str:
+        return self.client_url or self.url
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -22,7 +22,7 @@ from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
 from embench.errors import EmbenchError
-from server.manifest import MANIFEST_NAME, Manifest, file_sha256, read_manifest
+from server.manifest import MANIFEST_NAME, Manifest, check_files, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +96,8 @@ class ArtifactCache:
             return f"unreadable manifest: {type(exc).__name__}"
         if manifest.cache_key != key:
             return "manifest belongs to another cache key"
-        for name, info in manifest.files.items():
-            path = directory / name
-            if not path.is_file():
-                return f"{name} is missing"
-            if path.stat().st_size != info.size or file_sha256(path) != info.sha256:
-                return f"{name} does not match its recorded sha256"
-        return None
+        problems = check_files(directory, manifest)
+        return problems[0] if problems else None
 
     def _discard(self, directory: Path) -> None:
         # Rename first so that a reader never sees a half-deleted entry.

@@ -1,0 +1,67 @@
+"""The server and the load client as local processes: the site of this machine when it has no
+Docker (and of fast tests). Same methods as DockerSite; nothing to ship, nothing to sweep."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from embench.config import AppConfig
+from embench.launch.client import client_arguments, run_client_process
+from embench.launch.docker_server import RunIsLive
+from embench.launch.handle import ServerHandle
+from embench.launch.process_server import (
+    process_failure,
+    start_server_process,
+    stop_server_process,
+)
+
+
+class ProcessSite:
+    launcher = "process"
+
+    def __init__(self, config: AppConfig) -> None:
+        self.config = config
+
+    def ship(self, prepared: dict[str, Any]) -> dict[str, Any]:
+        return {"images": {}, "model": "local", "seconds": 0.0}
+
+    def start_server(
+        self, prepared: dict[str, Any], name: str, labels: dict[str, str], log_path: Path
+    ) -> ServerHandle:
+        server = self.config.benchmark.server
+        return start_server_process(
+            model_dir=prepared["model_dir"],
+            environment=server.environment(),
+            labels=labels,
+            log_path=log_path,
+            cpuset=server.limits.cpuset,
+        )
+
+    def server_failure(self, handle: ServerHandle) -> str | None:
+        return process_failure(int(handle.pid or 0))
+
+    def run_client(
+        self,
+        handle: ServerHandle,
+        scenarios: Path,
+        out: Path,
+        name: str,
+        labels: dict[str, str],
+        timeout_s: float,
+    ) -> None:
+        args = client_arguments(handle, str(scenarios), str(out))
+        run_client_process(args, out.parent / "client.log", timeout_s)
+
+    def stop_server(self, handle: ServerHandle, log_path: Path | None) -> None:
+        if handle.pid:
+            stop_server_process(handle.pid)
+        if log_path is not None and handle.log_path and Path(handle.log_path) != log_path:
+            shutil.copyfile(handle.log_path, log_path)
+
+    def sweep_stale(self, run_is_live: RunIsLive) -> list[dict[str, str]]:
+        return []
+
+    def sweep_run(self, run_labels: dict[str, str]) -> list[str]:
+        return []

@@ -1,0 +1,424 @@
+"""A server and a load client on one benchmark host: the one object every DAG task that touches
+the host goes through (ship, start, health, run the client, fetch, stop, sweep), whatever the
+provisioner (this machine, a static SSH host, an EC2 instance) and the launcher.
+
+- DockerSite: the host's Docker daemon, local or through an SSH tunnel. What the run needs is
+  shipped first, content-addressed: the images (skipped when the host has the same image ID),
+  and the prepared model into a volume named by its manifest's hash (skipped when present,
+  verified against the manifest's file hashes on arrival). The server publishes its port on
+  the host; the worker checks /health at the host's address; the client runs on the host, in
+  a container on its own cpuset, and its result and the server's log come back to the worker.
+- ProcessSite: both as local processes (this machine only, no Docker).
+
+Open a site with `open_site(provisioned, config)` as a context manager."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+from docker import APIClient
+from docker.errors import APIError, NotFound
+
+from embench.config import AppConfig
+from embench.errors import EmbenchError
+from embench.hosts.base import Host
+from embench.hosts.ssh import DockerTunnel, SshEndpoint
+from embench.launch.client import client_arguments, describe_exit
+from embench.launch.docker_server import (
+    MANAGED_LABEL,
+    RunIsLive,
+    container_failure,
+    remove_container,
+    start_server_container,
+    sweep_containers,
+    sweep_stale_containers,
+)
+from embench.launch.handle import ServerHandle
+
+log = logging.getLogger(__name__)
+
+CLIENT_IN = "/embench/in"
+CLIENT_OUT = "/embench/out"
+MODEL_VOLUME_PREFIX = "embench-model-"
+VERIFIED_MARK = ".embench-verified"  # server.manifest writes it once every file matched
+
+
+class Site(Protocol):
+    """What DockerSite and ProcessSite both do; the DAG's tasks use nothing else."""
+
+    launcher: str
+
+    def ship(self, prepared: dict[str, Any]) -> dict[str, Any]: ...
+
+    def start_server(
+        self, prepared: dict[str, Any], name: str, labels: dict[str, str], log_path: Path
+    ) -> ServerHandle: ...
+
+    def server_failure(self, handle: ServerHandle) -> str | None: ...
+
+    def run_client(
+        self,
+        handle: ServerHandle,
+        scenarios: Path,
+        out: Path,
+        name: str,
+        labels: dict[str, str],
+        timeout_s: float,
+    ) -> None: ...
+
+    def stop_server(self, handle: ServerHandle, log_path: Path | None) -> None: ...
+
+    def sweep_stale(self, run_is_live: RunIsLive) -> list[dict[str, str]]: ...
+
+    def sweep_run(self, run_labels: dict[str, str]) -> list[str]: ...
+
+
+def docker_api(docker_url: str) -> APIClient:
+    """The Docker provider's client for a daemon URL (TLS and the rest as DockerHook builds it)."""
+    from airflow.providers.docker.hooks.docker import DockerHook
+
+    return DockerHook(docker_conn_id=None, base_url=docker_url, timeout=120).api_client
+
+
+class DockerSite:
+    launcher = "docker"
+
+    def __init__(self, host: Host, config: AppConfig, network: str | None = None) -> None:
+        self.host = host
+        self.config = config
+        self.network = network
+        self._tunnel = DockerTunnel(SshEndpoint(**host.ssh)) if host.ssh else None
+        self._cli: APIClient | None = None
+
+    # -- connection --------------------------------------------------------------------------
+
+    def __enter__(self) -> DockerSite:
+        url = self._tunnel.open().docker_url if self._tunnel else str(self.host.docker_url)
+        self._cli = docker_api(url)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._cli is not None:
+            self._cli.close()
+            self._cli = None
+        if self._tunnel is not None:
+            self._tunnel.close()
+
+    @property
+    def cli(self) -> APIClient:
+        assert self._cli is not None, "open the site first (with open_site(...))"
+        return self._cli
+
+    @property
+    def remote(self) -> bool:
+        return self.host.ssh is not None
+
+    def ping(self) -> None:
+        try:
+            self.cli.ping()
+        except Exception as exc:
+            raise EmbenchError(f"no Docker daemon answers on host {self.host.name}: {exc}") from exc
+
+    # -- shipping ----------------------------------------------------------------------------
+
+    def ship(self, prepared: dict[str, Any]) -> dict[str, Any]:
+        """Put the server and client images and the prepared model on the host, each only
+        when the host does not hold the same content already. Returns what was done."""
+        started = time.monotonic()
+        images = self.config.benchmark.images
+        report: dict[str, Any] = {"images": {}}
+        for image in (server_image(self.config, prepared), images.client):
+            report["images"][image] = self._ship_image(image) if self.remote else "local"
+        report["model"] = self._ship_model(prepared) if self.remote else "local"
+        report["seconds"] = round(time.monotonic() - started, 2)
+        log.info("shipped to %s in %.1f s: %s", self.host.name, report["seconds"], report)
+        return report
+
+    def _ship_image(self, image: str) -> str:
+        from embench.steps import docker_client  # the worker's own daemon
+
+        local = docker_client(os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock")
+        try:
+            local_id = local.inspect_image(image)["Id"]
+        except NotFound:
+            raise EmbenchError(
+                f"the image {image!r} is not on this worker's Docker daemon, so it cannot be "
+                "shipped; build it with scripts/docker/build_images.sh"
+            ) from None
+        try:
+            if self.cli.inspect_image(image)["Id"] == local_id:
+                return "present"
+        except NotFound:
+            pass
+        started = time.monotonic()
+        # docker save streamed into docker load: never held whole, never written to disk here.
+        self.cli.load_image(local.get_image(image), quiet=True)
+        if self.cli.inspect_image(image)["Id"] != local_id:
+            raise EmbenchError(f"the image {image!r} arrived on {self.host.name} with another ID")
+        log.info(
+            "shipped image %s to %s in %.1f s", image, self.host.name, time.monotonic() - started
+        )
+        return f"shipped in {time.monotonic() - started:.1f} s"
+
+    def _ship_model(self, prepared: dict[str, Any]) -> str:
+        volume = model_volume(prepared)
+        image = server_image(self.config, prepared)
+        if self._volume_verified(volume, image, prepared["manifest_sha256"]):
+            return "present"
+        with contextlib.suppress(NotFound):
+            self.cli.remove_volume(volume, force=True)  # an unverified leftover
+        self.cli.create_volume(
+            volume,
+            labels={
+                MANAGED_LABEL: "true",
+                "io.embench.manifest_sha256": prepared["manifest_sha256"],
+            },
+        )
+        started = time.monotonic()
+        container = self.cli.create_container(
+            image,
+            entrypoint=["python3", "-m", "server.manifest"],
+            command=["verify", "/model", "--mark"],
+            user="0:0",
+            labels={MANAGED_LABEL: "true"},
+            host_config=self.cli.create_host_config(
+                binds={volume: {"bind": "/model", "mode": "rw"}}
+            ),
+        )["Id"]
+        try:
+            self.cli.put_archive(container, "/model", _tar_stream(Path(prepared["model_dir"])))
+            self.cli.start(container)
+            status = self.cli.wait(container, timeout=300)["StatusCode"]
+            output = self.cli.logs(container).decode(errors="replace").strip()
+        finally:
+            remove_container(self.cli, container)
+        if status != 0:
+            self.cli.remove_volume(volume, force=True)
+            raise EmbenchError(f"the model shipped to {self.host.name} failed its check: {output}")
+        return f"shipped in {time.monotonic() - started:.1f} s"
+
+    def _volume_verified(self, volume: str, image: str, manifest_sha256: str) -> bool:
+        try:
+            self.cli.inspect_volume(volume)
+        except NotFound:
+            return False
+        probe = self.cli.create_container(
+            image,
+            entrypoint=["cat"],
+            command=[f"/model/{VERIFIED_MARK}"],
+            user="0:0",
+            labels={MANAGED_LABEL: "true"},
+            host_config=self.cli.create_host_config(
+                binds={volume: {"bind": "/model", "mode": "ro"}}
+            ),
+        )["Id"]
+        try:
+            self.cli.start(probe)
+            self.cli.wait(probe, timeout=60)
+            mark = self.cli.logs(probe, stderr=False).decode(errors="replace").strip()
+        finally:
+            remove_container(self.cli, probe)
+        return mark == manifest_sha256
+
+    # -- server ------------------------------------------------------------------------------
+
+    def start_server(
+        self, prepared: dict[str, Any], name: str, labels: dict[str, str], log_path: Path
+    ) -> ServerHandle:
+        """The server container; its log comes back to `log_path` when it stops."""
+        server = self.config.benchmark.server
+        if self.remote:
+            model_source, model_type = model_volume(prepared), "volume"
+        else:
+            model_source, model_type = prepared["model_dir"], "bind"
+        handle = start_server_container(
+            self.cli,
+            image=server_image(self.config, prepared),
+            name=name,
+            model_source=model_source,
+            model_mount_type=model_type,
+            environment=server.environment(),
+            labels=labels,
+            cpuset=server.limits.cpuset,
+            cpus=server.limits.cpus,
+            mem_limit=server.limits.memory,
+            network=self.network,
+            publish_address=self.host.publish_address,
+            reach_address=self.host.address,
+            docker_url=self.host.docker_url,
+        )
+        return handle
+
+    def server_failure(self, handle: ServerHandle) -> str | None:
+        return container_failure(self.cli, str(handle.container_id))
+
+    def stop_server(self, handle: ServerHandle, log_path: Path | None) -> None:
+        """Fetch the server's log to the worker, then remove the container (by id, and by name
+        for a replacement a retry started). Safe when it is gone already."""
+        if log_path is not None:
+            try:
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+                log_path.write_bytes(self.cli.logs(handle.container_id or handle.name))
+            except (NotFound, APIError):
+                pass
+        for container in {handle.container_id, handle.name} - {None}:
+            remove_container(self.cli, str(container))
+
+    # -- client ------------------------------------------------------------------------------
+
+    def run_client(
+        self,
+        handle: ServerHandle,
+        scenarios: Path,
+        out: Path,
+        name: str,
+        labels: dict[str, str],
+        timeout_s: float,
+    ) -> None:
+        """Run the load client to completion in a container on the host, streaming its log
+        into this task's log; its result JSON comes back to `out`."""
+        args = client_arguments(
+            handle,
+            f"{CLIENT_IN}/{scenarios.name}",
+            f"{CLIENT_OUT}/{out.name}",
+        )
+        limits = self.config.benchmark.client
+        socket_path = self.host.docker_socket
+        remove_container(self.cli, name)
+        container = self.cli.create_container(
+            self.config.benchmark.images.client,
+            command=args,
+            name=name,
+            labels={**labels, MANAGED_LABEL: "true"},
+            host_config=self.cli.create_host_config(
+                network_mode=self.network or "host",
+                binds={socket_path: {"bind": "/var/run/docker.sock", "mode": "ro"}},
+                cpuset_cpus=limits.cpuset,
+                mem_limit=limits.memory,
+            ),
+        )["Id"]
+        try:
+            self.cli.put_archive(
+                container,
+                "/",
+                _tar_files(
+                    {
+                        f"{CLIENT_IN[1:]}/{scenarios.name}": scenarios.read_bytes(),
+                        f"{CLIENT_OUT[1:]}/": None,
+                    }
+                ),
+            )
+            self.cli.start(container)
+            log.info(
+                "the load client runs in container %s (%s) on %s",
+                name,
+                self.config.benchmark.images.client,
+                self.host.name,
+            )
+            streamer = threading.Thread(target=self._stream_log, args=(container,), daemon=True)
+            streamer.start()
+            try:
+                status = self.cli.wait(container, timeout=timeout_s)["StatusCode"]
+            except Exception as exc:
+                if "Read timed out" in str(exc):
+                    raise EmbenchError(f"the load client ran past {timeout_s:.0f} s") from None
+                raise
+            streamer.join(timeout=10)
+            if status != 0:
+                raise EmbenchError(describe_exit(status))
+            _fetch_file(self.cli, container, f"{CLIENT_OUT}/{out.name}", out)
+        finally:
+            remove_container(self.cli, container)
+
+    def _stream_log(self, container: str) -> None:
+        try:
+            for line in self.cli.logs(container, stream=True, follow=True):
+                log.info("client: %s", line.decode(errors="replace").rstrip())
+        except (NotFound, APIError, OSError):
+            return
+
+    # -- sweeps ------------------------------------------------------------------------------
+
+    def sweep_stale(self, run_is_live: RunIsLive) -> list[dict[str, str]]:
+        return sweep_stale_containers(self.cli, run_is_live)
+
+    def sweep_run(self, run_labels: dict[str, str]) -> list[str]:
+        return sweep_containers(self.cli, run_labels)
+
+
+def server_image(config: AppConfig, prepared: dict[str, Any]) -> str:
+    images = config.benchmark.images
+    return images.server_torch if prepared["runtime"] == "torch" else images.server_onnx
+
+
+def model_volume(prepared: dict[str, Any]) -> str:
+    return f"{MODEL_VOLUME_PREFIX}{prepared['manifest_sha256'][:32]}"
+
+
+def _tar_stream(directory: Path) -> Iterator[bytes]:
+    """The directory's files as a tar stream, produced while it is sent."""
+    read_fd, write_fd = os.pipe()
+
+    def write() -> None:
+        with os.fdopen(write_fd, "wb") as sink, tarfile.open(fileobj=sink, mode="w|") as tar:
+            for path in sorted(directory.iterdir()):
+                tar.add(path, arcname=path.name)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    with os.fdopen(read_fd, "rb") as source:
+        while chunk := source.read(1 << 20):
+            yield chunk
+    writer.join()
+
+
+def _tar_files(files: dict[str, bytes | None]) -> bytes:
+    """A small tar: name -> content (None: a world-writable directory)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name.rstrip("/"))
+            if content is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o777
+                tar.addfile(info)
+            else:
+                info.size, info.mode = len(content), 0o644
+                tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def _fetch_file(cli: APIClient, container: str, path: str, out: Path) -> None:
+    try:
+        stream, _ = cli.get_archive(container, path)
+    except NotFound:
+        raise EmbenchError(f"the load client finished without writing {path}") from None
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+        member = tar.getmembers()[0]
+        extracted = tar.extractfile(member)
+        if extracted is None:
+            raise EmbenchError(f"{path} in the client container is not a file")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(extracted.read())
+
+
+@contextmanager
+def open_site(provisioned: dict[str, Any], config: AppConfig) -> Iterator[Site]:
+    """The site of a provisioned host: DockerSite or ProcessSite, connected."""
+    host = Host.from_dict(provisioned["host"])
+    if provisioned["launcher"] == "process":
+        from embench.launch.process_site import ProcessSite
+
+        yield ProcessSite(config)
+        return
+    with DockerSite(host, config, provisioned.get("docker_network")) as site:
+        yield site
