@@ -84,3 +84,42 @@ def prepared_minilm(app_config: AppConfig, model_cache: Path) -> dict[str, Prepa
         app_config, DEFAULT_MODEL, ["fp32", "optimized", "int8"], cache_root=model_cache
     )
     return {p.variant: p for p in prepared}
+
+
+@pytest.fixture(scope="session")
+def test_host_support() -> None:
+    """Skips unless this machine can make test hosts (root, ip, nsenter, dockerd, sshd...);
+    removes the hosts that killed sessions left behind."""
+    from tests.testhost import missing_requirements, sweep_test_hosts
+
+    missing = missing_requirements()
+    if missing:
+        pytest.skip(f"test hosts need {', '.join(missing)} (see tests/testhost.py)")
+    sweep_test_hosts()
+
+
+@pytest.fixture
+def test_hosts(test_host_support: None, tmp_path: Path) -> Iterator[Callable[..., list]]:
+    """A factory of test hosts (tests/testhost.py): `make(n=1) -> list[TestHost]`, each a
+    network namespace with its own address, sshd and dockerd; all destroyed at teardown."""
+    from tests.testhost import TestHost, create_test_host, free_index
+
+    made: list[TestHost] = []
+
+    def make(n: int = 1) -> list[TestHost]:
+        hosts: list[TestHost] = []
+        for _ in range(n):
+            index = free_index()
+            while True:
+                try:
+                    host = create_test_host(tmp_path / f"th{index}", index)
+                    break
+                except FileExistsError:  # taken by a concurrent session meanwhile
+                    index = free_index(index + 1)
+            made.append(host)
+            hosts.append(host)
+        return hosts
+
+    yield make
+    for host in reversed(made):
+        host.destroy()

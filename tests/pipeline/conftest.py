@@ -15,8 +15,11 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def write_short_config(directory: Path, scenario_seconds: float = 1.0) -> Path:
-    """The shipped config with scenarios shortened to about `scenario_seconds` each."""
+def write_short_config(
+    directory: Path, scenario_seconds: float = 1.0, host: dict | None = None
+) -> Path:
+    """The shipped config with scenarios shortened to about `scenario_seconds` each (and,
+    given, benchmark.yaml's `host:` section)."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "models.yaml").write_text((REPO_ROOT / "config" / "models.yaml").read_text())
     bench = yaml.safe_load((REPO_ROOT / "config" / "benchmark.yaml").read_text())
@@ -26,6 +29,8 @@ def write_short_config(directory: Path, scenario_seconds: float = 1.0) -> Path:
         scenario.update(
             min_requests=20, min_duration_s=scenario_seconds, max_duration_s=scenario_seconds + 4
         )
+    if host is not None:
+        bench["host"] = host
     (directory / "benchmark.yaml").write_text(yaml.safe_dump(bench, sort_keys=False))
     return directory
 
@@ -52,9 +57,13 @@ def embench_run(
     prepared model cache and a private data dir; `db_url` picks the results database."""
 
     def run(
-        *args: str, db_url: str, scenario_seconds: float = 1.0, timeout: float = 600
+        *args: str,
+        db_url: str,
+        scenario_seconds: float = 1.0,
+        timeout: float = 600,
+        host: dict | None = None,
     ) -> LocalRun:
-        config_dir = write_short_config(tmp_path / "config", scenario_seconds)
+        config_dir = write_short_config(tmp_path / "config", scenario_seconds, host)
         data_dir = tmp_path / "data"
         env = {
             **os.environ,

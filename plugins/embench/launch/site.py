@@ -107,12 +107,19 @@ class DockerSite:
         self._cli = docker_api(url)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, error: object, trace: object) -> None:
+        lost = self._tunnel is not None and not self._tunnel.alive()
         if self._cli is not None:
             self._cli.close()
             self._cli = None
         if self._tunnel is not None:
+            target = self._tunnel.endpoint.target
             self._tunnel.close()
+            # Whatever Docker call noticed it, say what happened: the host went away.
+            if lost and isinstance(error, Exception) and not isinstance(error, EmbenchError):
+                raise EmbenchError(
+                    f"lost the SSH connection to host {self.host.name} ({target}): {error}"
+                ) from error
 
     @property
     def cli(self) -> APIClient:
@@ -202,9 +209,12 @@ class DockerSite:
             output = self.cli.logs(container).decode(errors="replace").strip()
         finally:
             remove_container(self.cli, container)
-        if status != 0:
+        if status != 0 or "every file matches the manifest" not in output:
             self.cli.remove_volume(volume, force=True)
-            raise EmbenchError(f"the model shipped to {self.host.name} failed its check: {output}")
+            raise EmbenchError(
+                f"the model shipped to {self.host.name} failed its check against the manifest "
+                f"(status {status}): {output or 'no output: is the server image up to date?'}"
+            )
         return f"shipped in {time.monotonic() - started:.1f} s"
 
     def _volume_verified(self, volume: str, image: str, manifest_sha256: str) -> bool:
