@@ -7,6 +7,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -123,3 +124,50 @@ def test_hosts(test_host_support: None, tmp_path: Path) -> Iterator[Callable[...
     yield make
     for host in reversed(made):
         host.destroy()
+
+
+# ---------------------------------------------------------------- moto: the EC2 stand-in
+
+MOTO_REGION = "eu-west-1"
+MOTO_CONN_ID = "embench_moto"
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    """moto's server mode on loopback, and the Airflow connection MOTO_CONN_ID pointing at it
+    (as an environment variable, so that `embench run` subprocesses see it too)."""
+    import json
+    import socket
+
+    moto_server = pytest.importorskip("moto.server")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    conn = {
+        "conn_type": "aws",
+        "login": "testing",
+        "password": "testing",
+        "extra": {"endpoint_url": endpoint, "region_name": MOTO_REGION},
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(f"AIRFLOW_CONN_{MOTO_CONN_ID.upper()}", json.dumps(conn))
+        for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN"):
+            mp.delenv(var, raising=False)
+        yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def ec2(moto_endpoint: str) -> Any:
+    import boto3
+
+    return boto3.client(
+        "ec2",
+        endpoint_url=moto_endpoint,
+        region_name=MOTO_REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )

@@ -270,6 +270,18 @@ class TestHost:
         )
         return done.returncode == 0
 
+    def add_address(self, address: str) -> None:
+        """Give the host a second address of its own /24 (an EC2 instance's private address
+        that moto assigned): reachable at once, sshd included."""
+        if not address.startswith(f"{SUBNET}.{self.index}."):
+            raise TestHostError(f"{address} is not in {self.name}'s {SUBNET}.{self.index}.0/24")
+        self.netns_exec("ip", "addr", "add", f"{address}/24", "dev", "eth0")
+
+    def host_key_line(self, address: str) -> str:
+        """A known_hosts line that pins this host's key for `address`."""
+        _, key_type, key_b64 = self.known_hosts_path.read_text().split()[:3]
+        return f"{address} {key_type} {key_b64}"
+
     def kill_sshd(self) -> None:
         """Kill the host's sshd: its listener and every open session (connections are then
         refused, not timed out)."""
@@ -407,7 +419,8 @@ def _make_ssh_files(host: TestHost) -> None:
         "\n".join(
             [
                 f"Port {host.ssh_port}",
-                f"ListenAddress {host.address}",
+                # Every address of the namespace (its own, and any add_address gives it).
+                "ListenAddress 0.0.0.0",
                 f"HostKey {host_key}",
                 f"PidFile {host.sshd_pidfile}",
                 f"AuthorizedKeysFile {w / 'authorized_keys'}",

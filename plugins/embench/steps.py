@@ -19,7 +19,7 @@ from embench.config import AppConfig
 from embench.config.schema import ALL_VARIANTS
 from embench.errors import ConfigError, EmbenchError
 from embench.hosts import Host, make_provisioner
-from embench.launch.docker_server import RunIsLive
+from embench.launch.docker_server import RunIsLive, deployment_name
 from embench.launch.handle import ServerHandle
 from embench.launch.site import DockerSite, Site, open_site
 from embench.paths import data_dir
@@ -190,7 +190,9 @@ def provision_host(
     provisioner = make_provisioner(
         config.benchmark.host, run.provisioner, config.config_dir, run_is_live
     )
-    host = provisioner.acquire(ctx.labels())
+    for gone in provisioner.sweep_dead(run_is_live):
+        log.warning("released host %s: its run is no longer alive", gone)
+    host = provisioner.acquire({**ctx.labels(), "deployment": deployment_name()})
     try:
         provisioned = {
             "host": host.to_dict(),

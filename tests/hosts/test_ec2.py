@@ -9,10 +9,8 @@ the SSH readiness probe is replaced by a fake one; the SSH probe itself is teste
 from __future__ import annotations
 
 import json
-import socket
 import stat
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,6 @@ import pytest
 pytest.importorskip("airflow.providers.amazon")
 moto_server = pytest.importorskip("moto.server")
 
-import boto3  # noqa: E402
 
 from embench.config.schema import Ec2HostConfig  # noqa: E402
 from embench.errors import EmbenchError  # noqa: E402
@@ -33,46 +30,8 @@ from embench.hosts.ec2 import (  # noqa: E402
     SshReadinessProbe,
     TerraformOutputs,
 )
-
-REGION = "eu-west-1"
-CONN_ID = "embench_moto"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    port = _free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    conn = {
-        "conn_type": "aws",
-        "login": "testing",
-        "password": "testing",
-        "extra": {"endpoint_url": endpoint, "region_name": REGION},
-    }
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(conn))
-        for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN"):
-            mp.delenv(var, raising=False)
-        yield endpoint
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def ec2(moto_endpoint: str) -> Any:
-    return boto3.client(
-        "ec2",
-        endpoint_url=moto_endpoint,
-        region_name=REGION,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+from tests.conftest import MOTO_CONN_ID as CONN_ID  # noqa: E402
+from tests.conftest import MOTO_REGION as REGION  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +105,7 @@ def _provisioner(outputs: Path, probe: FakeProbe, **kwargs: Any) -> Ec2Provision
         running_timeout_s=20,
         terminate_timeout_s=20,
         ready_timeout_s=5,
-        **kwargs,
+        **{"host_key_policy": "accept-new", **kwargs},
     )
 
 
@@ -393,3 +352,80 @@ def test_launch_whose_answer_is_lost_is_found_and_terminated(
 
     (instance_id,) = _instances(ec2, labels)
     assert _state(ec2, instance_id) == "terminated"
+
+
+CLOUD_INIT_CONSOLE = """\
+[   12.345678] cloud-init[1234]: Cloud-init v. 22.2.2 running 'modules:final'
+<14>Dec  3 09:00:00 ec2: #############################################################
+<14>Dec  3 09:00:00 ec2: -----BEGIN SSH HOST KEY FINGERPRINTS-----
+<14>Dec  3 09:00:00 ec2: 256 SHA256:abc root@ip-10-0-0-1 (ECDSA)
+<14>Dec  3 09:00:00 ec2: -----END SSH HOST KEY FINGERPRINTS-----
+-----BEGIN SSH HOST KEY KEYS-----
+ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTY= root@ip-10-0-0-1
+ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG1kZXlrZXk= root@ip-10-0-0-1
+-----END SSH HOST KEY KEYS-----
+[   13.000000] cloud-init[1234]: Cloud-init v. 22.2.2 finished
+"""
+
+
+def test_host_keys_are_read_from_cloud_inits_console_output() -> None:
+    import base64
+
+    from embench.hosts.ec2 import host_keys_from_console
+
+    expected = [
+        "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTY=",
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG1kZXlrZXk=",
+    ]
+    assert host_keys_from_console(CLOUD_INIT_CONSOLE) == expected
+    encoded = base64.b64encode(CLOUD_INIT_CONSOLE.encode()).decode()  # as the API returns it
+    assert host_keys_from_console(encoded) == expected
+    assert host_keys_from_console("booting...\n") == []
+
+
+def test_without_console_keys_the_pinned_policy_refuses_the_host(
+    ec2: Any, outputs_file: Path, tmp_path: Path
+) -> None:
+    probe = FakeProbe()
+    provisioner = _provisioner(
+        outputs_file, probe, host_key_policy="console", known_hosts=tmp_path / "kh"
+    )
+    labels = _labels()
+    with pytest.raises(EmbenchError, match="no SSH host keys in the console output"):
+        provisioner.acquire(labels)
+    assert probe.calls == [], "a host without pinned keys must not be connected to"
+    (instance_id,) = _instances(ec2, labels)
+    assert _state(ec2, instance_id) == "terminated"
+
+
+def test_instances_terminate_themselves_when_they_shut_down(ec2: Any, outputs_file: Path) -> None:
+    provisioner = _provisioner(outputs_file, FakeProbe())
+    host = provisioner.acquire(_labels())
+    try:
+        behavior = ec2.describe_instance_attribute(
+            InstanceId=host.instance_id, Attribute="instanceInitiatedShutdownBehavior"
+        )["InstanceInitiatedShutdownBehavior"]["Value"]
+        assert behavior == "terminate"
+    finally:
+        provisioner.release(host)
+
+
+def test_sweep_dead_terminates_only_instances_of_dead_runs_of_this_deployment(
+    ec2: Any, outputs_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deployment = f"test-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("EMBENCH_DEPLOYMENT", deployment)
+    provisioner = _provisioner(outputs_file, FakeProbe())
+    dead, live = _labels(), _labels()
+    other = {**_labels(), "deployment": f"{deployment}-other"}
+    hosts = [provisioner.acquire({**labels, "deployment": deployment}) for labels in (dead, live)]
+    hosts.append(provisioner.acquire(other))
+    try:
+        gone = provisioner.sweep_dead(lambda dag_id, run_id: run_id == live["run_id"])
+        assert gone == [hosts[0].instance_id]
+        assert _state(ec2, str(hosts[0].instance_id)) == "terminated"
+        assert _state(ec2, str(hosts[1].instance_id)) == "running"
+        assert _state(ec2, str(hosts[2].instance_id)) == "running"
+    finally:
+        for host in hosts:
+            provisioner.release(host)

@@ -48,9 +48,9 @@ def host_containers(host) -> list[str]:
     return host.docker("ps", "-a", "--format", "{{.Names}}").stdout.split()
 
 
-def shipped(output: str) -> list[str]:
-    """The ship_to_host reports of a run's log ("shipped to th1 in 12.3 s: {...}")."""
-    return re.findall(r"shipped to th1 in ([0-9.]+) s: (\{.*?\})\s", output)
+def shipped(output: str) -> list[tuple[str, str]]:
+    """(seconds, report) of each ship_to_host in a run's log ("shipped to th1 in 12.3 s: {...}")."""
+    return re.findall(r"shipped to \S+ in ([0-9.]+) s: (\{.*?\})\s", output)
 
 
 def test_a_run_on_an_ssh_host_ships_once_and_leaves_nothing(embench_run, pg_database, test_hosts):

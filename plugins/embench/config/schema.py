@@ -230,6 +230,14 @@ class Ec2HostConfig(StrictModel):
     # subnet, security group, SSH user and the rest of what terraform/ outputs.
     terraform_outputs: str = "../terraform/outputs.json"
     ssh_key_path: str = "~/.ssh/embench-benchmark.pem"
+    # console: the instance's host keys are read from its console output (cloud-init prints
+    # them) and pinned; accept-new: the first key seen is recorded (where there is no console
+    # output to read, such as an EC2 stand-in).
+    host_key_policy: Literal["console", "accept-new"] = "console"
+    known_hosts: str = "~/.ssh/embench_ec2_known_hosts"
+    address_type: Literal["public", "private"] = "public"  # public falls back to private
+    docker_socket: str = "/var/run/docker.sock"
+    server_port: Annotated[int, Field(ge=1, le=65535)] | None = 8080  # open in terraform's SG
     instance_type: str | None = None  # default: the launch template's (c7i.4xlarge)
     ready_timeout_s: PositiveFloat = 600.0
 
@@ -245,6 +253,7 @@ class SshHostConfig(StrictModel):
     key_path: str | None = None  # default: host.ssh.key_path
     known_hosts: str | None = None  # default: host.ssh.known_hosts
     publish_address: str = "0.0.0.0"  # the host's interface the server's port is bound to
+    server_port: Annotated[int, Field(ge=1, le=65535)] | None = 8080  # None: any free port
     lock_path: str | None = None  # default: host.ssh.lock_path
 
 

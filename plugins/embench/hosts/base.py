@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from embench.launch.docker_server import RunIsLive
 
 ProvisionerKind = Literal["local", "ssh", "ec2"]
 
@@ -21,6 +24,7 @@ class Host:
     region: str | None = None
     ssh: dict[str, Any] | None = None  # None: this machine
     publish_address: str = "127.0.0.1"  # the host's interface the server's port is bound to
+    publish_port: int | None = None  # the server's port there (None: any free port)
     lock: str | None = None  # the lock this run holds on the host (static ssh hosts)
 
     @property
@@ -58,4 +62,8 @@ class Provisioner(Protocol):
 
     def sweep(self, labels: dict[str, str]) -> list[str]:
         """Release every host still tagged with `labels`; returns what it released."""
+        ...
+
+    def sweep_dead(self, run_is_live: RunIsLive) -> list[str]:
+        """Release the hosts of runs no longer alive (never a live run's); returns them."""
         ...

@@ -8,6 +8,8 @@ anything goes wrong after RunInstances, the instance is terminated before the er
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import logging
 import math
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from embench.errors import EmbenchError
 from embench.hosts.base import Host
 from embench.hosts.ssh import SshEndpoint
+from embench.launch.docker_server import RunIsLive, deployment_name
 
 if TYPE_CHECKING:
     from embench.config.schema import Ec2HostConfig
@@ -118,10 +121,14 @@ class SshReadinessProbe:
         connect_timeout_s: int = 10,
         ssh_binary: str = "ssh",
         known_hosts: str | Path | None = None,
+        pinned: bool = False,
     ) -> None:
         self.key_path = Path(key_path).expanduser()
-        # None: ssh's default (~/.ssh/known_hosts), which Docker's ssh:// connection also reads.
+        # None: ssh's default (~/.ssh/known_hosts).
         self.known_hosts = Path(known_hosts).expanduser() if known_hosts else None
+        # pinned: the provisioner wrote the instance's host keys (from its console output)
+        # into known_hosts; anything else is refused. Else the first key seen is recorded.
+        self.pinned = pinned
         self.interval_s = interval_s
         self.connect_timeout_s = connect_timeout_s
         self.ssh_binary = ssh_binary
@@ -134,14 +141,13 @@ class SshReadinessProbe:
             )
 
     def wait_ready(self, address: str, user: str, ready_marker: str, timeout_s: float) -> None:
-        # A new instance may reuse an address whose old host key is still known: forget it, or
-        # ssh (and Docker over ssh://) would refuse the new key. accept-new then records it.
-        forget = ["ssh-keygen", "-R", address]
         options = ["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"]
         if self.known_hosts is not None:
-            forget += ["-f", str(self.known_hosts)]
             options += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
-        subprocess.run(forget, capture_output=True, check=False, timeout=30)
+        if not self.pinned:
+            # A new instance may reuse an address whose old host key is still known: forget
+            # it, or ssh would refuse the new key. accept-new then records it.
+            forget_host_key(address, self.known_hosts)
         remote = (
             f"test -f {shlex.quote(ready_marker)} && docker info --format '{{{{.ServerVersion}}}}'"
         )
@@ -153,7 +159,7 @@ class SshReadinessProbe:
             "-o",
             f"ConnectTimeout={self.connect_timeout_s}",
             "-o",
-            "StrictHostKeyChecking=accept-new",
+            f"StrictHostKeyChecking={'yes' if self.pinned else 'accept-new'}",
             f"{user}@{address}",
             remote,
         ]
@@ -198,6 +204,11 @@ class Ec2Provisioner:
         poll_interval_s: float = 5.0,
         probe: ReadinessProbe | None = None,
         ssh_key_path: str | Path = "~/.ssh/embench-benchmark.pem",
+        known_hosts: str | Path | None = "~/.ssh/embench_ec2_known_hosts",
+        host_key_policy: str = "console",
+        address_type: str = "public",
+        docker_socket: str = "/var/run/docker.sock",
+        server_port: int | None = 8080,
     ) -> None:
         self.outputs_path = Path(outputs_path)
         self.aws_conn_id = aws_conn_id
@@ -207,7 +218,15 @@ class Ec2Provisioner:
         self.running_timeout_s = running_timeout_s
         self.terminate_timeout_s = terminate_timeout_s
         self.poll_interval_s = poll_interval_s
-        self.probe: ReadinessProbe = probe or SshReadinessProbe(ssh_key_path)
+        self.ssh_key_path = str(Path(ssh_key_path).expanduser())
+        self.known_hosts = str(Path(known_hosts).expanduser()) if known_hosts else None
+        self.host_key_policy = host_key_policy
+        self.address_type = address_type
+        self.docker_socket = docker_socket
+        self.server_port = server_port
+        self.probe: ReadinessProbe = probe or SshReadinessProbe(
+            ssh_key_path, known_hosts=self.known_hosts, pinned=host_key_policy == "console"
+        )
         self._outputs: TerraformOutputs | None = None
         self._clients: dict[str | None, Any] = {}
 
@@ -229,6 +248,11 @@ class Ec2Provisioner:
             "instance_type": config.instance_type,
             "ready_timeout_s": config.ready_timeout_s,
             "ssh_key_path": config.ssh_key_path,
+            "known_hosts": config.known_hosts,
+            "host_key_policy": config.host_key_policy,
+            "address_type": config.address_type,
+            "docker_socket": config.docker_socket,
+            "server_port": config.server_port,
         }
         settings.update(overrides)
         return cls(outputs_path, **settings)
@@ -252,6 +276,8 @@ class Ec2Provisioner:
                 InstanceType=self.instance_type or outputs.instance_type,
                 MinCount=1,
                 MaxCount=1,
+                # An instance that shuts itself down (user_data's deadline) is gone, not stopped.
+                InstanceInitiatedShutdownBehavior="terminate",
                 ClientToken=token,  # botocore retries of this call launch at most one instance
                 TagSpecifications=[
                     {"ResourceType": "instance", "Tags": tag_list},
@@ -285,6 +311,27 @@ class Ec2Provisioner:
             return
         client = self._client(host.region or self.region)
         self._terminate(client, [host.instance_id])
+
+    def sweep_dead(self, run_is_live: RunIsLive) -> list[str]:
+        """Terminate this project's instances whose DAG run is no longer alive (a scheduler
+        killed mid-run, a stack taken down); a live run's instance is never touched."""
+        client = self._client(self._sweep_region())
+        filters = [
+            {"Name": f"tag:{MANAGED_TAG_KEY}", "Values": [MANAGED_TAG_VALUE]},
+            {"Name": "tag:deployment", "Values": [deployment_name()]},
+            {"Name": "instance-state-name", "Values": _LIVE_STATES},
+        ]
+        dead: list[str] = []
+        for page in client.get_paginator("describe_instances").paginate(Filters=filters):
+            for reservation in page.get("Reservations", []):
+                for instance in reservation.get("Instances", []):
+                    tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+                    if not run_is_live(tags.get("dag_id", ""), tags.get("run_id", "")):
+                        dead.append(instance["InstanceId"])
+        if dead:
+            log.warning("ec2: terminating %s: their runs are no longer alive", dead)
+            self._terminate(client, dead)
+        return dead
 
     def sweep(self, labels: dict[str, str]) -> list[str]:
         if not labels:
@@ -348,23 +395,23 @@ class Ec2Provisioner:
                 f"not running after {self.running_timeout_s:.0f} s (state {state}: {reason})"
             ) from exc
         instance = _describe(client, instance_id)
-        address = instance.get("PublicIpAddress") or instance.get("PrivateIpAddress")
+        if self.address_type == "private":
+            address = instance.get("PrivateIpAddress")
+        else:
+            address = instance.get("PublicIpAddress") or instance.get("PrivateIpAddress")
         if not address:
-            raise EmbenchError("running but has no IP address")
+            raise EmbenchError(f"running but has no {self.address_type} IP address")
+        if self.host_key_policy == "console":
+            self._pin_host_keys(client, instance_id, address)
         ssh = SshEndpoint(
             address=address,
             user=outputs.ssh_user,
-            key_path=str(self.probe.key_path)
-            if isinstance(self.probe, SshReadinessProbe)
-            else None,
-            known_hosts=(
-                str(self.probe.known_hosts)
-                if isinstance(self.probe, SshReadinessProbe) and self.probe.known_hosts
-                else None
-            ),
-            # The readiness probe recorded the new instance's key (after forgetting any old
-            # one of a reused address); from then on it is checked like a pinned one.
-            host_key_policy="accept-new",
+            key_path=self.ssh_key_path,
+            known_hosts=self.known_hosts,
+            # Pinned from the console output, or recorded by the readiness probe's first
+            # connection: either way checked from then on.
+            host_key_policy="pinned" if self.host_key_policy == "console" else "accept-new",
+            docker_socket=self.docker_socket,
         )
         host = Host(
             provisioner="ec2",
@@ -375,9 +422,36 @@ class Ec2Provisioner:
             region=region,
             ssh=ssh.to_dict(),
             publish_address="0.0.0.0",
+            publish_port=self.server_port,
         )
         self.probe.wait_ready(address, outputs.ssh_user, outputs.ready_marker, self.ready_timeout_s)
         return host
+
+    def _pin_host_keys(self, client: Any, instance_id: str, address: str) -> None:
+        """Read the instance's SSH host keys from its console output (cloud-init prints them)
+        and pin them for `address` in known_hosts: no key is trusted on first use."""
+        if not self.known_hosts:
+            raise EmbenchError("host.ec2.known_hosts must name a file to pin the host keys in")
+        deadline = time.monotonic() + self.ready_timeout_s
+        while True:
+            output = client.get_console_output(InstanceId=instance_id, Latest=True)
+            keys = host_keys_from_console(str(output.get("Output") or ""))
+            if keys:
+                break
+            if time.monotonic() + self.poll_interval_s > deadline:
+                raise EmbenchError(
+                    f"no SSH host keys in the console output after {self.ready_timeout_s:.0f} s: "
+                    "cloud-init prints them at first boot; where the console output is not "
+                    "available, set host.ec2.host_key_policy: accept-new"
+                )
+            time.sleep(self.poll_interval_s)
+        forget_host_key(address, Path(self.known_hosts))
+        path = Path(self.known_hosts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as handle:
+            for key in keys:
+                handle.write(f"{address} {key}\n")
+        log.info("ec2: pinned %d host key(s) of %s from its console output", len(keys), instance_id)
 
     def _terminate(self, client: Any, instance_ids: list[str]) -> None:
         """Terminate and wait until terminated; instances already gone count as released."""
@@ -425,6 +499,37 @@ class Ec2Provisioner:
                 self._terminate(client, ids)
         except Exception as exc:  # best effort; the sweep by labels is the backstop
             log.warning("ec2: cannot look up instances of launch token %s: %s", token, exc)
+
+
+def host_keys_from_console(output: str) -> list[str]:
+    """ "TYPE BASE64" of each key between cloud-init's SSH HOST KEY KEYS markers."""
+    with contextlib.suppress(ValueError):
+        decoded = base64.b64decode(output, validate=True).decode("utf-8")
+        if "\n" in decoded:
+            output = decoded
+    keys: list[str] = []
+    inside = False
+    for line in output.splitlines():
+        text = line.strip()
+        if text.endswith("-----BEGIN SSH HOST KEY KEYS-----"):
+            inside, keys = True, []
+        elif text.endswith("-----END SSH HOST KEY KEYS-----"):
+            inside = False
+        elif inside:
+            parts = text.split()
+            if len(parts) >= 2 and (parts[0].startswith(("ssh-", "ecdsa-", "sk-"))):
+                keys.append(f"{parts[0]} {parts[1]}")
+    return keys
+
+
+def forget_host_key(address: str, known_hosts: Path | None) -> None:
+    """Drop the keys recorded for `address` (a new instance may reuse an old address)."""
+    command = ["ssh-keygen", "-R", address]
+    if known_hosts is not None:
+        if not known_hosts.exists():
+            return
+        command += ["-f", str(known_hosts)]
+    subprocess.run(command, capture_output=True, check=False, timeout=30)
 
 
 def _tags(labels: dict[str, str]) -> dict[str, str]:

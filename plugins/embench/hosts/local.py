@@ -25,3 +25,6 @@ class LocalProvisioner:
 
     def sweep(self, labels: dict[str, str]) -> list[str]:
         return []
+
+    def sweep_dead(self, run_is_live: object) -> list[str]:
+        return []

@@ -258,6 +258,7 @@ class SshProvisioner:
             address=entry.address,
             ssh=endpoint.to_dict(),
             publish_address=entry.publish_address,
+            publish_port=entry.server_port,
             lock=lock,
         )
 
@@ -332,6 +333,9 @@ class SshProvisioner:
 
     def sweep(self, labels: dict[str, str]) -> list[str]:
         return []  # static hosts are never created, so never destroyed
+
+    def sweep_dead(self, run_is_live: RunIsLive) -> list[str]:
+        return []  # a dead run's lock is broken by the next acquire that finds it
 
 
 def key_file_from_connection(conn_id: str) -> str:

@@ -1,6 +1,8 @@
-"""`embench containers sweep`: remove the containers that DAG runs no longer alive left on a
-Docker host (a stack taken down mid-run, a scheduler that died). Each run's setup does the
-same at its start; this is the on-demand form, for an operator or the stack's init."""
+"""`embench containers sweep` and `embench hosts sweep`: remove what DAG runs no longer alive
+left behind (a stack taken down mid-run, a scheduler killed): their containers on a Docker
+host, their EC2 instances. Each run's setup does the same at its start; these are the
+on-demand forms, for an operator or the stack's init. Whether a run is alive is asked of
+Airflow's metadata database."""
 
 from __future__ import annotations
 
@@ -25,6 +27,39 @@ def add_container_commands(commands: Any) -> None:
     sweep.add_argument("--json", action="store_true", help="print JSON")
     sweep.set_defaults(handler=cmd_sweep)
 
+    hosts = commands.add_parser("hosts", help="the benchmark hosts the pipeline provisions")
+    host_actions = hosts.add_subparsers(dest="action", required=True, metavar="ACTION")
+    host_sweep = host_actions.add_parser(
+        "sweep", help="terminate the EC2 instances of DAG runs that are no longer alive"
+    )
+    host_sweep.add_argument("--json", action="store_true", help="print JSON")
+    host_sweep.set_defaults(handler=cmd_hosts_sweep)
+
+
+def _airflow_configured() -> None:
+    if "AIRFLOW_HOME" not in os.environ:  # the embedded Airflow of `embench run`
+        from embench.local_run import airflow_environment
+
+        os.environ.update(airflow_environment())
+
+
+def cmd_hosts_sweep(args: argparse.Namespace) -> int:
+    from embench import live_runs
+    from embench.config import load_config
+    from embench.hosts import make_provisioner
+
+    _airflow_configured()
+    config = load_config(args.config_dir)
+    provisioner = make_provisioner(config.benchmark.host, "ec2", config.config_dir)
+    gone = provisioner.sweep_dead(live_runs.from_metadata_db())
+    if args.json:
+        print(json.dumps({"terminated": gone}))
+    else:
+        stdout.print(f"terminated {len(gone)} instance(s) of runs no longer alive", highlight=False)
+        for instance_id in gone:
+            stdout.print(f"  {instance_id}", highlight=False)
+    return 0
+
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from embench import live_runs
@@ -33,10 +68,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from embench.launch.docker_server import deployment_name, sweep_stale_containers
     from embench.steps import docker_client
 
-    if "AIRFLOW_HOME" not in os.environ:  # the embedded Airflow of `embench run`
-        from embench.local_run import airflow_environment
-
-        os.environ.update(airflow_environment())
+    _airflow_configured()
     docker_url = (
         args.docker_url
         or LocalProvisioner(load_config(args.config_dir).benchmark.host.docker_url).docker_url

@@ -49,6 +49,7 @@ def start_server_container(
     mem_limit: str | None = None,
     network: str | None = None,
     publish_address: str = "127.0.0.1",
+    publish_port: int | None = None,
     reach_address: str = "127.0.0.1",
     health_timeout_s: float = 180.0,
     docker_url: str | None = None,
@@ -67,7 +68,7 @@ def start_server_container(
     remove_container(cli, name)  # a leftover of an earlier try under the same name
     host_config = cli.create_host_config(
         mounts=[Mount(MODEL_MOUNT, model_source, type=model_mount_type, read_only=True)],
-        port_bindings=None if network else {CONTAINER_PORT: (publish_address, None)},
+        port_bindings=None if network else {CONTAINER_PORT: (publish_address, publish_port)},
         cpuset_cpus=cpuset,
         nano_cpus=int(cpus * 1e9) if cpus else None,
         mem_limit=mem_limit,

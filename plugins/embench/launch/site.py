@@ -264,6 +264,7 @@ class DockerSite:
             mem_limit=server.limits.memory,
             network=self.network,
             publish_address=self.host.publish_address,
+            publish_port=self.host.publish_port,
             reach_address=self.host.address,
             docker_url=self.host.docker_url,
         )

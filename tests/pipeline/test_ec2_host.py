@@ -1,0 +1,161 @@
+"""The DAG with the ec2 provisioner, end to end: moto stands in for the EC2 API (the one
+stand-in allowed: AWS cannot be reached from here), and every instance it launches gets the
+address of a test host (tests/testhost.py: its own sshd and Docker daemon), so that launch ->
+ship -> benchmark -> store -> terminate runs for real. Afterwards no instance is left running
+in moto and no container on the test host."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from embench import steps
+from embench.config import load_config
+from tests.conftest import MOTO_CONN_ID, MOTO_REGION
+from tests.pipeline.conftest import write_short_config
+from tests.pipeline.test_pipeline_e2e import stored_runs
+from tests.pipeline.test_remote_host import host_containers, shipped
+
+pytestmark = [pytest.mark.slow, pytest.mark.docker]
+LIVE = ["pending", "running", "stopping", "stopped", "shutting-down"]
+
+
+@pytest.fixture
+def ec2_test_host(ec2: Any, test_hosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """(test host, benchmark.yaml's `host:` for the ec2 provisioner): the launch template and
+    terraform outputs terraform/ would make, and moto's instances placed on the test host."""
+    from moto.ec2.models.instances import Instance
+
+    (host,) = test_hosts(1)
+    vpc = ec2.create_vpc(CidrBlock="10.231.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.231.{host.index}.0/24")["Subnet"]
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    template = ec2.create_launch_template(
+        LaunchTemplateName=f"embench-{uuid.uuid4().hex[:8]}",
+        LaunchTemplateData={
+            "ImageId": image,
+            "InstanceType": "c7i.4xlarge",
+            "NetworkInterfaces": [{"DeviceIndex": 0, "SubnetId": subnet["SubnetId"]}],
+        },
+    )["LaunchTemplate"]
+    ready_marker = host.work_dir / "ready"  # what user_data writes once Docker is usable
+    ready_marker.write_text("ready\n")
+    outputs = {
+        "launch_template_id": template["LaunchTemplateId"],
+        "launch_template_version": str(template["LatestVersionNumber"]),
+        "region": MOTO_REGION,
+        "ssh_user": host.user,
+        "instance_type": "c7i.4xlarge",
+        "ready_marker": str(ready_marker),
+    }
+    outputs_file = tmp_path / "outputs.json"
+    outputs_file.write_text(json.dumps({k: {"value": v} for k, v in outputs.items()}))
+
+    original = Instance.__init__
+
+    def on_the_test_host(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        nic = self.nics[0]
+        nic.private_ip_address, nic.public_ip = host.address, None
+
+    monkeypatch.setattr(Instance, "__init__", on_the_test_host)
+    config = {
+        "provisioner": "ec2",
+        "ec2": {
+            "aws_conn_id": MOTO_CONN_ID,
+            "terraform_outputs": str(outputs_file),
+            "ssh_key_path": str(host.key_path),
+            # moto prints no cloud-init console output to read host keys from.
+            "host_key_policy": "accept-new",
+            "known_hosts": str(tmp_path / "ec2_known_hosts"),
+            "address_type": "private",
+            "docker_socket": str(host.docker_socket),
+            "ready_timeout_s": 120.0,
+        },
+    }
+    return host, config
+
+
+def live_instances(ec2: Any) -> list[str]:
+    filters = [
+        {"Name": "tag:embench:managed", "Values": ["true"]},
+        {"Name": "instance-state-name", "Values": LIVE},
+    ]
+    reservations = ec2.describe_instances(Filters=filters)["Reservations"]
+    return [i["InstanceId"] for r in reservations for i in r["Instances"]]
+
+
+def test_ec2_run_killed_mid_run_is_cleaned_up_and_the_next_run_completes(
+    ec2, ec2_test_host, embench_run, pg_database, tmp_path: Path
+):
+    host, config = ec2_test_host
+    db_url = pg_database()
+    assert live_instances(ec2) == []
+
+    # A worker killed (-9) mid-benchmark: its instance and its containers are left behind.
+    env = {
+        **os.environ,
+        "EMBENCH_CONFIG_DIR": str(write_short_config(tmp_path / "kill-config", 30.0, config)),
+        "EMBENCH_DATA_DIR": str(tmp_path / "data"),
+        "EMBENCH_DB_URL": db_url,
+        "HF_HUB_OFFLINE": "1",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "embench.cli", "run", "--variants", "fp32", "--scenarios",
+         "closed-c1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 400
+        while "embench-client-" not in " ".join(host_containers(host)):
+            assert worker.poll() is None, "the run ended before its client started"
+            assert time.monotonic() < deadline, "the client never started on the host"
+            time.sleep(0.5)
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    (orphan,) = live_instances(ec2)
+    assert any(n.startswith("embench-server-") for n in host_containers(host))
+
+    # The next run terminates the dead run's instance, removes its containers, and runs.
+    run = embench_run("--variants", "fp32", "--scenarios", "closed-c1", db_url=db_url, host=config)
+    assert run.returncode == 0, run.output[-6000:]
+    assert f"released host {orphan}: its run is no longer alive" in run.output
+    assert "removed embench-server-" in run.output
+    assert stored_runs(db_url, run.run_id()) == [("fp32", 0, ["closed-c1"])]
+    assert f"healthy at http://{host.address}:8080" in run.output
+    ((seconds, report),) = shipped(run.output)
+    print(f"\nec2 run after the killed one: shipping {seconds} s {report}")
+    assert live_instances(ec2) == [], "an instance was left running in moto"
+    assert host_containers(host) == []
+
+
+def test_an_unreachable_host_at_teardown_is_still_terminated(
+    ec2, ec2_test_host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    host, config = ec2_test_host
+    config_dir = write_short_config(tmp_path / "config", 1.0, config)
+    monkeypatch.setenv("EMBENCH_DATA_DIR", str(tmp_path / "data"))
+    app = load_config(config_dir)
+    ctx = steps.RunContext("embedding_benchmark", f"manual__{uuid.uuid4().hex[:8]}")
+    params = {"models": ["all-minilm-l6-v2"], "provisioner": "ec2"}
+    provisioned = steps.provision_host(params, ctx, app, lambda dag_id, run_id: True)
+    (instance_id,) = live_instances(ec2)
+    assert provisioned["host"]["instance_id"] == instance_id
+
+    host.block()  # SSH to the host times out from here on
+    started = time.monotonic()
+    steps.release_host(provisioned, ctx, app)  # must not raise, must terminate
+    assert live_instances(ec2) == []
+    assert time.monotonic() - started < 120
