@@ -12,12 +12,19 @@
 #   down-mid-run  start a run, and as soon as its server container runs take the stack down
 #                 (`down -v`), check that the container was left behind, bring the stack up
 #                 again and check that its start (airflow-init) removed it.
+#   ssh           the benchmark host is a machine reached over SSH (SMOKE_SSH_HOST: a test
+#                 host of tests/testhost.py, or any host with sshd and Docker): benchmark.yaml
+#                 names it with `provisioner: ssh`, its key and pinned known_hosts are mounted
+#                 with the config; a manual run with no conf ships the images and the model
+#                 there, runs the server and client there, and must succeed.
 #
 # Fails loudly on any step; on exit (success, failure or Ctrl-C) the stack is always taken down
 # with its volumes, and no container of the project or of its runs may remain.
 #
 # Usage: scripts/compose_smoke.sh
-#   SMOKE_MODE         defaults (default) or down-mid-run
+#   SMOKE_MODE         defaults (default), down-mid-run or ssh
+#   SMOKE_SSH_HOST     ssh mode: JSON {address, user, docker_socket, key_path, known_hosts,
+#                      lock_path}
 #   SMOKE_PROJECT      compose project name (default embench-smoke-<random>)
 #   SMOKE_SKIP_BUILD   1: use the images already built
 #   SMOKE_RESULT       file to write the summary JSON to (default: none)
@@ -44,7 +51,7 @@ REDIS_IMAGE="${REDIS_IMAGE:-embench-redis:7-local}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/embench-smoke.XXXXXX")"
 ENV_FILE="$WORK/smoke.env"
 MODE="${SMOKE_MODE:-defaults}"
-case "$MODE" in defaults|down-mid-run) ;; *) die "SMOKE_MODE must be defaults or down-mid-run" ;; esac
+case "$MODE" in defaults|down-mid-run|ssh) ;; *) die "SMOKE_MODE must be defaults, down-mid-run or ssh" ;; esac
 COMPOSE_FILES=(-f "$ROOT/docker-compose.airflow.yml")
 DEPLOYMENT="compose-$PROJECT"  # the stack's EMBENCH_DEPLOYMENT: labels its runs' containers
 CELERY="${SMOKE_CELERY:-0}"
@@ -126,6 +133,34 @@ mkdir -p "$WORK/config" "$WORK/data"
 cp config/models.yaml "$WORK/config/models.yaml"
 cp deploy/smoke/benchmark.yaml "$WORK/config/benchmark.yaml"
 chmod -R a+rX "$WORK"
+if [ "$MODE" = ssh ]; then
+    # The host's key and pinned host key, with the config (mounted at /opt/embench/config);
+    # the key readable by the Airflow containers' user only, as ssh demands.
+    [ -n "${SMOKE_SSH_HOST:-}" ] || die "ssh mode needs SMOKE_SSH_HOST"
+    mkdir -p "$WORK/config/ssh"
+    ssh_field() { "$PYTHON" -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$SMOKE_SSH_HOST" "$1"; }
+    cp "$(ssh_field key_path)" "$WORK/config/ssh/id"
+    cp "$(ssh_field known_hosts)" "$WORK/config/ssh/known_hosts"
+    chown -R "${AIRFLOW_UID:-50000}:0" "$WORK/config/ssh"
+    chmod 0600 "$WORK/config/ssh/id"
+    chmod 0644 "$WORK/config/ssh/known_hosts"
+    # benchmark.yaml's host section (the last one of the smoke config) for the ssh host.
+    sed -i '/^host:/,$d' "$WORK/config/benchmark.yaml"
+    cat >>"$WORK/config/benchmark.yaml" <<YAML
+host:
+  provisioner: ssh
+  ssh:
+    key_path: /opt/embench/config/ssh/id
+    known_hosts: /opt/embench/config/ssh/known_hosts
+    host_key_policy: pinned
+    lock_path: $(ssh_field lock_path)
+    hosts:
+      - name: smoke-host
+        address: $(ssh_field address)
+        user: $(ssh_field user)
+        docker_socket: $(ssh_field docker_socket)
+YAML
+fi
 cat >"$ENV_FILE" <<EOF
 AIRFLOW_IMAGE=$AIRFLOW_IMAGE
 POSTGRES_IMAGE=$POSTGRES_IMAGE
@@ -197,9 +232,9 @@ print(json.dumps({"project": sys.argv[1], "mode": "down-mid-run", "run_id": sys.
     exit 0  # the EXIT trap takes the stack down and checks that nothing is left
 fi
 
-# --- defaults: the scheduled run and a manual one with the form untouched -----------------------
-log "unpausing embedding_benchmark: the scheduled run, then a manual one with no conf"
-RUNS_JSON="$(api defaults --run-timeout "${SMOKE_RUN_TIMEOUT:-900}")" \
+# --- defaults: the scheduled run and a manual one with the form untouched (ssh: the manual one) --
+log "unpausing embedding_benchmark: $([ "$MODE" = defaults ] && echo "the scheduled run, then ")a manual one with no conf"
+RUNS_JSON="$(api defaults --run-timeout "${SMOKE_RUN_TIMEOUT:-900}" $([ "$MODE" = ssh ] && echo --no-scheduled))" \
     || die "the DAG runs with the default params did not succeed: ${RUNS_JSON:-}"
 log "runs: $RUNS_JSON"
 RUN_ID="$("$PYTHON" -c 'import json, sys; print(json.loads(sys.argv[1])["runs"][-1]["dag_run_id"])' "$RUNS_JSON")"
@@ -235,7 +270,7 @@ if reader 'CREATE TABLE smoke_write_probe (id int)' >/dev/null 2>&1 \
 fi
 log "embench_reader reads $COUNT run(s) and cannot write"
 
-SUMMARY="{\"project\": \"$PROJECT\", \"mode\": \"defaults\", \"runs\": $RUNS_JSON, \"stored_runs_visible_to_reader\": $COUNT}"
+SUMMARY="{\"project\": \"$PROJECT\", \"mode\": \"$MODE\", \"runs\": $RUNS_JSON, \"stored_runs_visible_to_reader\": $COUNT}"
 [ -z "${SMOKE_RESULT:-}" ] || printf '%s\n' "$SUMMARY" >"$SMOKE_RESULT"
 echo "$SUMMARY"
 # cleanup (the EXIT trap) takes the stack down and checks that no container is left.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 import urllib.error
@@ -120,18 +121,28 @@ def wait_run(api: Api, run_id: str, timeout_s: float) -> dict[str, Any]:
         "state": state,
         "wall_s": _wall_seconds(run),
         "tasks": last.split(),
-        "client_ran_in_a_container": client_ran_in_a_container(api, run_id),
+        # The docker launcher ran the load client in a container (on the host: " on NAME").
+        "client_container": _first(
+            task_log(api, run_id, "benchmark.run_benchmark"),
+            r"the load client runs in container [\w.-]+ \([\w.:/-]+\) on [\w.-]+",
+        ),
+        "shipped": _first(
+            task_log(api, run_id, "benchmark.ship_to_host"), r"shipped to [\w.-]+ in [0-9.]+ s"
+        ),
     }
 
 
-def client_ran_in_a_container(api: Api, run_id: str) -> bool:
-    """Whether run_benchmark's last try ran the load client container (the docker launcher),
-    read from its task log."""
-    task = "benchmark.run_benchmark"
+def task_log(api: Api, run_id: str, task: str, map_index: int = 0) -> str:
+    """The text of the last try's log of a task of the run."""
     base = f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task}"
-    try_number = api.call("GET", f"{base}/0").get("try_number") or 1
-    log_json = api.call("GET", f"{base}/logs/{try_number}?map_index=0&full_content=true")
-    return "the load client runs in container" in json.dumps(log_json)
+    try_number = api.call("GET", f"{base}/{map_index}").get("try_number") or 1
+    log_json = api.call("GET", f"{base}/logs/{try_number}?map_index={map_index}&full_content=true")
+    return json.dumps(log_json)
+
+
+def _first(text: str, pattern: str) -> str | None:
+    found = re.search(pattern, text)
+    return found.group(0) if found else None
 
 
 def _wall_seconds(run: dict[str, Any]) -> float | None:
@@ -141,13 +152,16 @@ def _wall_seconds(run: dict[str, Any]) -> float | None:
     return round((end - start).total_seconds(), 1)
 
 
-def run_defaults(api: Api, dag_timeout_s: float, run_timeout_s: float) -> int:
+def run_defaults(
+    api: Api, dag_timeout_s: float, run_timeout_s: float, scheduled: bool = True
+) -> int:
     """As a new user does: unpause (the scheduler starts the latest interval's run), and
-    trigger a run with the form untouched; both must succeed with the DAG's defaults."""
+    trigger a run with the form untouched; both must succeed with the DAG's defaults. Without
+    `scheduled` (the scheduler's schedule off), the manual run alone."""
     unpause(api, dag_timeout_s)
-    scheduled = scheduled_run(api, 120)
-    manual = trigger_run(api, None)
-    results = [wait_run(api, run_id, run_timeout_s) for run_id in (scheduled, manual)]
+    run_ids = [scheduled_run(api, 120)] if scheduled else []
+    run_ids.append(trigger_run(api, None))
+    results = [wait_run(api, run_id, run_timeout_s) for run_id in run_ids]
     print(json.dumps({"runs": results}))
     failed = [r for r in results if r["state"] != "success"]
     for result in failed:
@@ -207,6 +221,7 @@ def main() -> int:
     )
     defaults.add_argument("--dag-timeout", type=float, default=300)
     defaults.add_argument("--run-timeout", type=float, default=900)
+    defaults.add_argument("--no-scheduled", action="store_true", help="the manual run only")
     start = sub.add_parser("start", help="unpause and trigger a run; print its id, do not wait")
     start.add_argument("--conf", help="JSON (default: none, the form's defaults)")
     start.add_argument("--dag-timeout", type=float, default=300)
@@ -223,7 +238,7 @@ def main() -> int:
         unpause(api, args.dag_timeout)
         print(trigger_run(api, json.loads(args.conf) if args.conf else None))
         return 0
-    return run_defaults(api, args.dag_timeout, args.run_timeout)
+    return run_defaults(api, args.dag_timeout, args.run_timeout, not args.no_scheduled)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ local base, docker-compose.airflow.yml under a unique project, no overlay):
   results read back through the CLI and the read-only role; the UI plugin behind login.
 - down-mid-run: the stack taken down while a run's server container runs leaves it behind,
   and the next start of the stack removes it.
+- ssh: the benchmark host is a test host reached over SSH from inside the stack (no overlay):
+  images and model shipped there, server and client run there, results stored.
 
 Each checks that nothing of the project, nor of its runs, is left afterwards."""
 
@@ -42,27 +44,26 @@ def _docker_answers() -> bool:
     return done.returncode == 0
 
 
-def _project_containers(project: str) -> list[str]:
+def _containers(label: str) -> list[str]:
     done = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"],
+        ["docker", "ps", "-aq", "--filter", f"label={label}"],
         capture_output=True,
         text=True,
         check=True,
     )
     return done.stdout.split()
+
+
+def _project_containers(project: str) -> list[str]:
+    return _containers(f"com.docker.compose.project={project}")
 
 
 def _run_containers(project: str) -> list[str]:
-    done = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label=io.embench.deployment=compose-{project}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return done.stdout.split()
+    """Containers the stack's runs started (labelled with its deployment)."""
+    return _containers(f"io.embench.deployment=compose-{project}")
 
 
-def run_smoke(mode: str, tmp_path: Path) -> dict:
+def run_smoke(mode: str, tmp_path: Path, **extra_env: str) -> dict:
     if not _docker_answers():
         pytest.skip("no Docker daemon answers `docker info` (scripts/docker/ensure_docker.sh)")
     compose = _compose_binary()
@@ -77,6 +78,7 @@ def run_smoke(mode: str, tmp_path: Path) -> dict:
         "SMOKE_PROJECT": project,
         "SMOKE_RESULT": str(summary_file),
         "DOCKER_COMPOSE": compose,
+        **extra_env,
     }
     started = time.monotonic()
     try:
@@ -123,7 +125,7 @@ def test_default_params_runs_succeed_with_the_docker_launcher(tmp_path: Path) ->
     assert all(run["state"] == "success" for run in runs), runs
     for run in runs:  # the docker launcher ran: the client in its container, from the stack
         assert "benchmark.start_server[0]=success" in run["tasks"], run["tasks"]
-        assert run["client_ran_in_a_container"], run
+        assert run["client_container"], run
     assert summary["stored_runs_visible_to_reader"] >= 2
 
 
@@ -134,3 +136,29 @@ def test_down_mid_run_leaves_a_container_that_the_next_start_removes(tmp_path: P
     summary = run_smoke("down-mid-run", tmp_path)
     assert any(line.startswith("embench-server-") for line in summary["after_down"])
     assert summary["after_up"] == []
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.timeout(TIMEOUT_S + 120)
+def test_the_stack_benchmarks_on_an_ssh_host(tmp_path: Path, test_hosts) -> None:
+    (host,) = test_hosts(1)
+    lock = host.work_dir / "embench.lock"
+    ssh_host = {
+        "address": host.address,
+        "user": host.user,
+        "docker_socket": str(host.docker_socket),
+        "key_path": str(host.key_path),
+        "known_hosts": str(host.known_hosts_path),
+        "lock_path": str(lock),
+    }
+    summary = run_smoke("ssh", tmp_path, SMOKE_SSH_HOST=json.dumps(ssh_host))
+    (run,) = summary["runs"]["runs"]
+    assert run["state"] == "success", run
+    assert run["client_container"] and run["client_container"].endswith(" on smoke-host"), run
+    assert run["shipped"], run
+    names = host.docker("ps", "-a", "--format", "{{.Names}}").stdout.split()
+    assert names == [], f"containers left on the ssh host: {names}"
+    images = host.docker("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    assert "embench-server:onnx" in images and "embench-client:latest" in images
+    assert not lock.exists(), "the run did not release the host"

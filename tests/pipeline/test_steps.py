@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from embench import steps
-from embench.errors import ConfigError
+from embench.errors import ConfigError, EmbenchError
 from embench.hosts import Host
 
 
@@ -60,3 +60,21 @@ def test_auto_launcher_falls_back_to_process_without_a_daemon_on_this_machine_on
     assert steps.resolve_launcher("auto", remote) == "docker"  # never the worker, silently
     with pytest.raises(ConfigError, match="the process launcher runs on this worker only"):
         steps.resolve_launcher("process", remote)
+
+
+def test_the_ssh_key_can_come_from_an_airflow_connection(monkeypatch):
+    import json
+    import stat
+    from pathlib import Path
+
+    from embench.hosts.ssh import key_file_from_connection
+
+    key = "-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-real-key\n-----END OPENSSH PRIVATE KEY-----"
+    conn = {"conn_type": "ssh", "host": "10.0.0.9", "extra": {"private_key": key}}
+    monkeypatch.setenv("AIRFLOW_CONN_EMBENCH_TEST_SSH", json.dumps(conn))
+    path = Path(key_file_from_connection("embench_test_ssh"))
+    assert path.read_text() == key + "\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    monkeypatch.setenv("AIRFLOW_CONN_EMBENCH_NO_KEY", json.dumps({"conn_type": "ssh"}))
+    with pytest.raises(EmbenchError, match="has neither a `private_key` nor a `key_file` extra"):
+        key_file_from_connection("embench_no_key")

@@ -159,6 +159,24 @@ BAD_FILES = [
         ":15: models.all-minilm-l6-v2.variants[1]: input should be 'fp32', 'optimized' or "
         "'int8', got 'fp16'",
     ),
+    (
+        "benchmark.yaml",
+        "  provisioner: local\n",
+        "  provisioner: ssh\n",
+        ":87: host: provisioner is ssh, but host.ssh.hosts lists no host",
+    ),
+    (
+        "benchmark.yaml",
+        "    host_key_policy: pinned\n",
+        "    host_key_policy: trust\n",
+        ":92: host.ssh.host_key_policy: input should be 'pinned' or 'accept-new', got 'trust'",
+    ),
+    (
+        "benchmark.yaml",
+        "    hosts: []",
+        "    hosts: [{name: a, address: x}, {name: a, address: y}]",
+        ":93: host.ssh.hosts: host names must be unique; repeated: a",
+    ),
 ]
 
 

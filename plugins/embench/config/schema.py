@@ -36,6 +36,12 @@ Variant = Literal["fp32", "optimized", "int8"]
 ALL_VARIANTS: tuple[Variant, ...] = ("fp32", "optimized", "int8")
 
 
+def _require_unique(what: str, names: list[str]) -> None:
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{what} names must be unique; repeated: {', '.join(repeated)}")
+
+
 class StrictModel(ParamsModel):
     """The client's parameter base (unknown keys rejected with a hint), strict: YAML already
     gives typed values, so a quoted number is a mistake worth reporting."""
@@ -271,6 +277,12 @@ class SshHostsConfig(StrictModel):
     lock_path: str = "/var/lock/embench-benchmark-host"
     connect_timeout_s: Annotated[int, Field(ge=1, le=300)] = 10
 
+    @field_validator("hosts")
+    @classmethod
+    def _unique_names(cls, hosts: list[SshHostConfig]) -> list[SshHostConfig]:
+        _require_unique("host", [h.name for h in hosts])
+        return hosts
+
 
 class HostConfig(StrictModel):
     provisioner: Literal["local", "ssh", "ec2"] = "local"
@@ -280,6 +292,12 @@ class HostConfig(StrictModel):
     docker_network: str | None = None
     ssh: SshHostsConfig = SshHostsConfig()
     ec2: Ec2HostConfig = Ec2HostConfig()
+
+    @model_validator(mode="after")
+    def _ssh_hosts_listed(self) -> HostConfig:
+        if self.provisioner == "ssh" and not self.ssh.hosts:
+            raise ValueError("provisioner is ssh, but host.ssh.hosts lists no host")
+        return self
 
 
 class ImagesConfig(StrictModel):
@@ -307,8 +325,5 @@ class BenchmarkFile(StrictModel):
     @field_validator("scenarios")
     @classmethod
     def _unique_scenario_names(cls, scenarios: list[ScenarioConfig]) -> list[ScenarioConfig]:
-        names = [s.name for s in scenarios]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"scenario names must be unique; repeated: {', '.join(repeated)}")
+        _require_unique("scenario", [s.name for s in scenarios])
         return scenarios
