@@ -7,24 +7,23 @@
 #                 interval's run; trigger a manual run with no conf (the form untouched). Both
 #                 run with the DAG's defaults (launcher auto -> docker: the server and client
 #                 containers on the host's daemon, reached over the stack's network) and must
-#                 succeed. Then read the results back through the `embench` CLI and the
-#                 read-only role, and check the Benchmarks UI plugin.
+#                 succeed. With SMOKE_SSH_HOST (a test host of tests/testhost.py, or any host
+#                 with sshd and Docker), a third run with `provisioner: ssh` benchmarks on that
+#                 host: its key and pinned known_hosts are mounted with the config, the images
+#                 and the model are shipped there, the server and client run there. Then read
+#                 the results back through the `embench` CLI and the read-only role, and check
+#                 the Benchmarks UI plugin.
 #   down-mid-run  start a run, and as soon as its server container runs take the stack down
 #                 (`down -v`), check that the container was left behind, bring the stack up
 #                 again and check that its start (airflow-init) removed it.
-#   ssh           the benchmark host is a machine reached over SSH (SMOKE_SSH_HOST: a test
-#                 host of tests/testhost.py, or any host with sshd and Docker): benchmark.yaml
-#                 names it with `provisioner: ssh`, its key and pinned known_hosts are mounted
-#                 with the config; a manual run with no conf ships the images and the model
-#                 there, runs the server and client there, and must succeed.
 #
 # Fails loudly on any step; on exit (success, failure or Ctrl-C) the stack is always taken down
 # with its volumes, and no container of the project or of its runs may remain.
 #
 # Usage: scripts/compose_smoke.sh
-#   SMOKE_MODE         defaults (default), down-mid-run or ssh
-#   SMOKE_SSH_HOST     ssh mode: JSON {address, user, docker_socket, key_path, known_hosts,
-#                      lock_path}
+#   SMOKE_MODE         defaults (default) or down-mid-run
+#   SMOKE_SSH_HOST     defaults mode, optional: JSON {address, user, docker_socket, key_path,
+#                      known_hosts, lock_path} of an ssh host for a third run
 #   SMOKE_PROJECT      compose project name (default embench-smoke-<random>)
 #   SMOKE_SKIP_BUILD   1: use the images already built
 #   SMOKE_RESULT       file to write the summary JSON to (default: none)
@@ -51,7 +50,7 @@ REDIS_IMAGE="${REDIS_IMAGE:-embench-redis:7-local}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/embench-smoke.XXXXXX")"
 ENV_FILE="$WORK/smoke.env"
 MODE="${SMOKE_MODE:-defaults}"
-case "$MODE" in defaults|down-mid-run|ssh) ;; *) die "SMOKE_MODE must be defaults, down-mid-run or ssh" ;; esac
+case "$MODE" in defaults|down-mid-run) ;; *) die "SMOKE_MODE must be defaults or down-mid-run" ;; esac
 COMPOSE_FILES=(-f "$ROOT/docker-compose.airflow.yml")
 DEPLOYMENT="compose-$PROJECT"  # the stack's EMBENCH_DEPLOYMENT: labels its runs' containers
 CELERY="${SMOKE_CELERY:-0}"
@@ -133,10 +132,9 @@ mkdir -p "$WORK/config" "$WORK/data"
 cp config/models.yaml "$WORK/config/models.yaml"
 cp deploy/smoke/benchmark.yaml "$WORK/config/benchmark.yaml"
 chmod -R a+rX "$WORK"
-if [ "$MODE" = ssh ]; then
+if [ "$MODE" = defaults ] && [ -n "${SMOKE_SSH_HOST:-}" ]; then
     # The host's key and pinned host key, with the config (mounted at /opt/embench/config);
     # the key readable by the Airflow containers' user only, as ssh demands.
-    [ -n "${SMOKE_SSH_HOST:-}" ] || die "ssh mode needs SMOKE_SSH_HOST"
     mkdir -p "$WORK/config/ssh"
     ssh_field() { "$PYTHON" -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$SMOKE_SSH_HOST" "$1"; }
     cp "$(ssh_field key_path)" "$WORK/config/ssh/id"
@@ -144,11 +142,12 @@ if [ "$MODE" = ssh ]; then
     chown -R "${AIRFLOW_UID:-50000}:0" "$WORK/config/ssh"
     chmod 0600 "$WORK/config/ssh/id"
     chmod 0644 "$WORK/config/ssh/known_hosts"
-    # benchmark.yaml's host section (the last one of the smoke config) for the ssh host.
+    # benchmark.yaml's host section (the last one of the smoke config): the default stays
+    # local; the ssh host is there for the run that asks for it.
     sed -i '/^host:/,$d' "$WORK/config/benchmark.yaml"
     cat >>"$WORK/config/benchmark.yaml" <<YAML
 host:
-  provisioner: ssh
+  provisioner: local
   ssh:
     key_path: /opt/embench/config/ssh/id
     known_hosts: /opt/embench/config/ssh/known_hosts
@@ -232,9 +231,11 @@ print(json.dumps({"project": sys.argv[1], "mode": "down-mid-run", "run_id": sys.
     exit 0  # the EXIT trap takes the stack down and checks that nothing is left
 fi
 
-# --- defaults: the scheduled run and a manual one with the form untouched (ssh: the manual one) --
-log "unpausing embedding_benchmark: $([ "$MODE" = defaults ] && echo "the scheduled run, then ")a manual one with no conf"
-RUNS_JSON="$(api defaults --run-timeout "${SMOKE_RUN_TIMEOUT:-900}" $([ "$MODE" = ssh ] && echo --no-scheduled))" \
+# --- defaults: the scheduled run and a manual one with the form untouched; the ssh host --------
+log "unpausing embedding_benchmark: the scheduled run, then a manual one with no conf"
+SSH_RUN=()
+[ -z "${SMOKE_SSH_HOST:-}" ] || SSH_RUN=(--also-conf '{"provisioner": "ssh"}')
+RUNS_JSON="$(api defaults --run-timeout "${SMOKE_RUN_TIMEOUT:-900}" "${SSH_RUN[@]}")" \
     || die "the DAG runs with the default params did not succeed: ${RUNS_JSON:-}"
 log "runs: $RUNS_JSON"
 RUN_ID="$("$PYTHON" -c 'import json, sys; print(json.loads(sys.argv[1])["runs"][-1]["dag_run_id"])' "$RUNS_JSON")"

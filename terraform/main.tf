@@ -38,15 +38,17 @@ locals {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Security group: SSH in from one CIDR only; nothing else in.
-# The load client runs on the same host as the inference server and talks to it over the
-# host's loopback/bridge, so the server port is never opened. Airflow drives the host's Docker
-# daemon through SSH (docker_url ssh://USER@IP), so 22 is the only ingress.
+# Security group: SSH and the server port in from one CIDR only (allowed_ssh_cidr); nothing
+# else in. Airflow drives the host's Docker daemon through SSH (an OpenSSH tunnel); the
+# server under test publishes server_port on the host, and the Airflow worker checks its
+# /health at the host's address on that port. The load client runs on the same host and talks
+# to the server locally.
 # Egress: 443 (package repositories, container registries, SSM/AWS APIs) and 80 (distribution
 # mirrors that still serve over HTTP, e.g. Ubuntu's). DNS (VPC resolver) and NTP (Amazon Time
 # Sync, 169.254.169.123) are link-local and not filtered by security groups.
 # ---------------------------------------------------------------------------------------------
 
+# (The description predates the server-port rule; changing it would replace the group.)
 resource "aws_security_group" "host" {
   name        = "${var.name_prefix}-benchmark-host"
   description = "Embench benchmark hosts: SSH from the Airflow workers only"
@@ -62,6 +64,15 @@ resource "aws_vpc_security_group_ingress_rule" "ssh" {
   ip_protocol       = "tcp"
   from_port         = 22
   to_port           = 22
+}
+
+resource "aws_vpc_security_group_ingress_rule" "server" {
+  security_group_id = aws_security_group.host.id
+  description       = "Server under test from the Airflow workers (/health check on server_port)"
+  cidr_ipv4         = var.allowed_ssh_cidr
+  ip_protocol       = "tcp"
+  from_port         = var.server_port
+  to_port           = var.server_port
 }
 
 resource "aws_vpc_security_group_egress_rule" "https" {
@@ -130,7 +141,7 @@ data "aws_ssm_parameter" "al2023" {
 }
 
 resource "aws_launch_template" "host" {
-  #checkov:skip=CKV_AWS_88:The Airflow workers reach the host over SSH from outside the VPC; ingress is limited to allowed_ssh_cidr on port 22, and associate_public_ip_address = false turns the public address off for private setups.
+  #checkov:skip=CKV_AWS_88:The Airflow workers reach the host over SSH from outside the VPC; ingress is limited to allowed_ssh_cidr on port 22 and server_port, and associate_public_ip_address = false turns the public address off for private setups.
   name                    = "${var.name_prefix}-benchmark-host"
   description             = "Embench benchmark host: Docker ready, launched per run by Airflow's ec2 provisioner"
   image_id                = local.ami_id
@@ -140,11 +151,14 @@ resource "aws_launch_template" "host" {
   update_default_version  = true
   disable_api_termination = false # the provisioner must be able to terminate every host it starts
 
-  instance_initiated_shutdown_behavior = "terminate" # a host that shuts itself down costs nothing
+  # A host that shuts itself down costs nothing; with user_data's `shutdown -h +<minutes>`
+  # this is the max_lifetime_minutes deadline that outlives a dead scheduler.
+  instance_initiated_shutdown_behavior = "terminate"
 
   user_data = base64encode(templatefile("${path.module}/user_data.sh.tftpl", {
-    ssh_user     = var.ssh_user
-    ready_marker = var.ready_marker
+    ssh_user             = var.ssh_user
+    ready_marker         = var.ready_marker
+    max_lifetime_minutes = var.max_lifetime_minutes
   }))
 
   iam_instance_profile {

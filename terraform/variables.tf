@@ -139,6 +139,28 @@ variable "ready_marker" {
   }
 }
 
+variable "server_port" {
+  description = "TCP port the server under test publishes on the host (benchmark.yaml's host.ec2.server_port, default 8080). The security group lets it in from allowed_ssh_cidr only, so that the Airflow workers can check the server's /health at the host's address."
+  type        = number
+  default     = 8080
+
+  validation {
+    condition     = var.server_port >= 1024 && var.server_port <= 65535 && floor(var.server_port) == var.server_port
+    error_message = "server_port must be a whole number between 1024 and 65535 (an unprivileged port; keep it equal to benchmark.yaml's host.ec2.server_port)."
+  }
+}
+
+variable "max_lifetime_minutes" {
+  description = "Self-termination deadline of each host: user_data schedules `shutdown -h +<minutes>` before anything else, and instance_initiated_shutdown_behavior = terminate turns the shutdown into a termination. A backstop for a dead scheduler; the ec2 provisioner still terminates every host at the end of its run. Must exceed the longest benchmark run."
+  type        = number
+  default     = 240
+
+  validation {
+    condition     = var.max_lifetime_minutes >= 30 && var.max_lifetime_minutes <= 1440 && floor(var.max_lifetime_minutes) == var.max_lifetime_minutes
+    error_message = "max_lifetime_minutes must be a whole number of minutes between 30 and 1440 (24 hours)."
+  }
+}
+
 variable "enable_ssm_session_manager" {
   description = "Attach AmazonSSMManagedInstanceCore to the instance role, for an operator shell through Session Manager when SSH debugging is not enough. Off by default: the pipeline needs no AWS permission on the host."
   type        = bool

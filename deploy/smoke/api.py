@@ -153,14 +153,15 @@ def _wall_seconds(run: dict[str, Any]) -> float | None:
 
 
 def run_defaults(
-    api: Api, dag_timeout_s: float, run_timeout_s: float, scheduled: bool = True
+    api: Api, dag_timeout_s: float, run_timeout_s: float, also: dict[str, Any] | None = None
 ) -> int:
     """As a new user does: unpause (the scheduler starts the latest interval's run), and
-    trigger a run with the form untouched; both must succeed with the DAG's defaults. Without
-    `scheduled` (the scheduler's schedule off), the manual run alone."""
+    trigger a run with the form untouched; both must succeed with the DAG's defaults. With
+    `also`, a third run with that conf must succeed too."""
     unpause(api, dag_timeout_s)
-    run_ids = [scheduled_run(api, 120)] if scheduled else []
-    run_ids.append(trigger_run(api, None))
+    run_ids = [scheduled_run(api, 120), trigger_run(api, None)]
+    if also is not None:
+        run_ids.append(trigger_run(api, also))
     results = [wait_run(api, run_id, run_timeout_s) for run_id in run_ids]
     print(json.dumps({"runs": results}))
     failed = [r for r in results if r["state"] != "success"]
@@ -221,7 +222,7 @@ def main() -> int:
     )
     defaults.add_argument("--dag-timeout", type=float, default=300)
     defaults.add_argument("--run-timeout", type=float, default=900)
-    defaults.add_argument("--no-scheduled", action="store_true", help="the manual run only")
+    defaults.add_argument("--also-conf", help="JSON conf of a third run (default: none)")
     start = sub.add_parser("start", help="unpause and trigger a run; print its id, do not wait")
     start.add_argument("--conf", help="JSON (default: none, the form's defaults)")
     start.add_argument("--dag-timeout", type=float, default=300)
@@ -238,7 +239,8 @@ def main() -> int:
         unpause(api, args.dag_timeout)
         print(trigger_run(api, json.loads(args.conf) if args.conf else None))
         return 0
-    return run_defaults(api, args.dag_timeout, args.run_timeout, not args.no_scheduled)
+    also = json.loads(args.also_conf) if args.also_conf else None
+    return run_defaults(api, args.dag_timeout, args.run_timeout, also)
 
 
 if __name__ == "__main__":

@@ -244,12 +244,6 @@ def release_host(provisioned: dict[str, Any] | None, ctx: RunContext, config: Ap
         make_provisioner(config.benchmark.host, host.provisioner, config.config_dir).release(host)
 
 
-def docker_client(docker_url: str) -> Any:
-    from airflow.providers.docker.hooks.docker import DockerHook
-
-    return DockerHook(docker_conn_id=None, base_url=docker_url).api_client
-
-
 # ---------------------------------------------------------------------- model and server
 
 

@@ -6,8 +6,8 @@ local base, docker-compose.airflow.yml under a unique project, no overlay):
   results read back through the CLI and the read-only role; the UI plugin behind login.
 - down-mid-run: the stack taken down while a run's server container runs leaves it behind,
   and the next start of the stack removes it.
-- ssh: the benchmark host is a test host reached over SSH from inside the stack (no overlay):
-  images and model shipped there, server and client run there, results stored.
+  A third run benchmarks on a test host reached over SSH from inside the stack (no
+  overlay): images and model shipped there, server and client run there.
 
 Each checks that nothing of the project, nor of its runs, is left afterwards."""
 
@@ -118,30 +118,9 @@ def run_smoke(mode: str, tmp_path: Path, **extra_env: str) -> dict:
 @pytest.mark.docker
 @pytest.mark.slow
 @pytest.mark.timeout(TIMEOUT_S + 120)
-def test_default_params_runs_succeed_with_the_docker_launcher(tmp_path: Path) -> None:
-    summary = run_smoke("defaults", tmp_path)
-    runs = summary["runs"]["runs"]
-    assert [run["dag_run_id"].split("__")[0] for run in runs] == ["scheduled", "manual"]
-    assert all(run["state"] == "success" for run in runs), runs
-    for run in runs:  # the docker launcher ran: the client in its container, from the stack
-        assert "benchmark.start_server[0]=success" in run["tasks"], run["tasks"]
-        assert run["client_container"], run
-    assert summary["stored_runs_visible_to_reader"] >= 2
-
-
-@pytest.mark.docker
-@pytest.mark.slow
-@pytest.mark.timeout(TIMEOUT_S + 120)
-def test_down_mid_run_leaves_a_container_that_the_next_start_removes(tmp_path: Path) -> None:
-    summary = run_smoke("down-mid-run", tmp_path)
-    assert any(line.startswith("embench-server-") for line in summary["after_down"])
-    assert summary["after_up"] == []
-
-
-@pytest.mark.docker
-@pytest.mark.slow
-@pytest.mark.timeout(TIMEOUT_S + 120)
-def test_the_stack_benchmarks_on_an_ssh_host(tmp_path: Path, test_hosts) -> None:
+def test_default_params_runs_succeed_with_the_docker_launcher_and_on_an_ssh_host(
+    tmp_path: Path, test_hosts
+) -> None:
     (host,) = test_hosts(1)
     lock = host.work_dir / "embench.lock"
     ssh_host = {
@@ -152,13 +131,32 @@ def test_the_stack_benchmarks_on_an_ssh_host(tmp_path: Path, test_hosts) -> None
         "known_hosts": str(host.known_hosts_path),
         "lock_path": str(lock),
     }
-    summary = run_smoke("ssh", tmp_path, SMOKE_SSH_HOST=json.dumps(ssh_host))
-    (run,) = summary["runs"]["runs"]
-    assert run["state"] == "success", run
-    assert run["client_container"] and run["client_container"].endswith(" on smoke-host"), run
-    assert run["shipped"], run
+    summary = run_smoke("defaults", tmp_path, SMOKE_SSH_HOST=json.dumps(ssh_host))
+    scheduled, manual, on_ssh = summary["runs"]["runs"]
+    assert scheduled["dag_run_id"].startswith("scheduled__"), scheduled
+    assert manual["dag_run_id"].startswith("manual__"), manual
+    for run in (scheduled, manual, on_ssh):
+        assert run["state"] == "success", run
+        assert "benchmark.start_server[0]=success" in run["tasks"], run["tasks"]
+    # The defaults: the docker launcher, the client in its container on this machine's daemon.
+    for run in (scheduled, manual):
+        assert run["client_container"], run
+        assert not run["client_container"].endswith(" on smoke-host"), run
+    # The ssh host: images and model shipped there, the client ran there, nothing left.
+    assert on_ssh["client_container"].endswith(" on smoke-host"), on_ssh
+    assert on_ssh["shipped"], on_ssh
+    assert summary["stored_runs_visible_to_reader"] >= 3
     names = host.docker("ps", "-a", "--format", "{{.Names}}").stdout.split()
     assert names == [], f"containers left on the ssh host: {names}"
     images = host.docker("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
     assert "embench-server:onnx" in images and "embench-client:latest" in images
-    assert not lock.exists(), "the run did not release the host"
+    assert not lock.exists(), "the run did not release the ssh host"
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.timeout(TIMEOUT_S + 120)
+def test_down_mid_run_leaves_a_container_that_the_next_start_removes(tmp_path: Path) -> None:
+    summary = run_smoke("down-mid-run", tmp_path)
+    assert any(line.startswith("embench-server-") for line in summary["after_down"])
+    assert summary["after_up"] == []

@@ -21,7 +21,7 @@ from embench.launch.docker_server import (
     start_server_container,
     sweep_stale_containers,
 )
-from embench.steps import docker_client
+from embench.launch.site import docker_api
 
 pytestmark = pytest.mark.docker
 BASE_IMAGE = "embench-base:bookworm"
@@ -31,7 +31,7 @@ DOCKER_URL = "unix:///var/run/docker.sock"
 @pytest.fixture(scope="module")
 def cli():
     try:
-        client = docker_client(DOCKER_URL)
+        client = docker_api(DOCKER_URL)
         client.ping()
     except Exception as exc:  # any failure: no daemon to test against
         pytest.skip(f"no Docker daemon: {exc}")

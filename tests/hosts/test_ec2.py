@@ -213,42 +213,6 @@ def test_release_of_an_unknown_instance_is_fine(outputs_file: Path) -> None:
     provisioner.release(Host("local", "here", "unix:///var/run/docker.sock", "127.0.0.1"))
 
 
-def test_sweep_terminates_leftovers_by_label(
-    ec2: Any, outputs_file: Path, launch_template: dict[str, str]
-) -> None:
-    labels, other = _labels(), _labels()
-
-    def leftover(tags: dict[str, str]) -> str:
-        # As if a worker died between launching and recording the host.
-        return ec2.run_instances(
-            LaunchTemplate={"LaunchTemplateId": launch_template["launch_template_id"]},
-            MinCount=1,
-            MaxCount=1,
-            TagSpecifications=[
-                {
-                    "ResourceType": "instance",
-                    "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
-                }
-            ],
-        )["Instances"][0]["InstanceId"]
-
-    mine = {leftover({**labels, MANAGED_TAG_KEY: "true"}) for _ in range(2)}
-    theirs = leftover({**other, MANAGED_TAG_KEY: "true"})
-    unmanaged = leftover(labels)  # same labels, not launched by embench: left alone
-
-    provisioner = _provisioner(outputs_file, FakeProbe())
-    assert set(provisioner.sweep(labels)) == mine
-    assert {_state(ec2, i) for i in mine} == {"terminated"}
-    assert _state(ec2, theirs) == "running"
-    assert _state(ec2, unmanaged) == "running"
-    assert provisioner.sweep(labels) == []  # nothing left
-
-    assert provisioner.sweep(other) == [theirs]
-    ec2.terminate_instances(InstanceIds=[unmanaged])
-    with pytest.raises(ValueError, match="needs labels"):
-        provisioner.sweep({})
-
-
 def test_aws_endpoint_comes_from_the_airflow_connection(moto_endpoint: str) -> None:
     from airflow.providers.amazon.aws.hooks.ec2 import EC2Hook
 
@@ -420,12 +384,28 @@ def test_sweep_dead_terminates_only_instances_of_dead_runs_of_this_deployment(
     other = {**_labels(), "deployment": f"{deployment}-other"}
     hosts = [provisioner.acquire({**labels, "deployment": deployment}) for labels in (dead, live)]
     hosts.append(provisioner.acquire(other))
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    unmanaged = ec2.run_instances(  # a dead run's tags, but not launched by embench
+        ImageId=image,
+        MinCount=1,
+        MaxCount=1,
+        TagSpecifications=[
+            {
+                "ResourceType": "instance",
+                "Tags": [
+                    {"Key": k, "Value": v} for k, v in {**dead, "deployment": deployment}.items()
+                ],
+            }
+        ],
+    )["Instances"][0]["InstanceId"]
     try:
         gone = provisioner.sweep_dead(lambda dag_id, run_id: run_id == live["run_id"])
         assert gone == [hosts[0].instance_id]
+        assert _state(ec2, unmanaged) == "running"
         assert _state(ec2, str(hosts[0].instance_id)) == "terminated"
         assert _state(ec2, str(hosts[1].instance_id)) == "running"
         assert _state(ec2, str(hosts[2].instance_id)) == "running"
     finally:
         for host in hosts:
             provisioner.release(host)
+        ec2.terminate_instances(InstanceIds=[unmanaged])

@@ -23,7 +23,7 @@ from embench.config import load_config
 from tests.conftest import MOTO_CONN_ID, MOTO_REGION
 from tests.pipeline.conftest import write_short_config
 from tests.pipeline.test_pipeline_e2e import stored_runs
-from tests.pipeline.test_remote_host import host_containers, shipped
+from tests.pipeline.test_remote_host import host_containers, shipped, summary_line
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 LIVE = ["pending", "running", "stopping", "stopped", "shutting-down"]
@@ -136,9 +136,19 @@ def test_ec2_run_killed_mid_run_is_cleaned_up_and_the_next_run_completes(
     assert stored_runs(db_url, run.run_id()) == [("fp32", 0, ["closed-c1"])]
     assert f"healthy at http://{host.address}:8080" in run.output
     ((seconds, report),) = shipped(run.output)
-    print(f"\nec2 run after the killed one: shipping {seconds} s {report}")
     assert live_instances(ec2) == [], "an instance was left running in moto"
     assert host_containers(host) == []
+    instances = [
+        (i["InstanceId"], i["State"]["Name"])
+        for r in ec2.describe_instances()["Reservations"]
+        for i in r["Instances"]
+        if i.get("PrivateIpAddress") == host.address
+    ]
+    print(
+        f"\n{summary_line(run.output)}\nshipping {seconds} s {report}\n"
+        f"moto's instances of this test: {instances}\n"
+        f"docker ps -a on the test host afterwards:\n{host.docker('ps', '-a').stdout}"
+    )
 
 
 def test_an_unreachable_host_at_teardown_is_still_terminated(

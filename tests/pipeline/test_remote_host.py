@@ -48,6 +48,17 @@ def host_containers(host) -> list[str]:
     return host.docker("ps", "-a", "--format", "{{.Names}}").stdout.split()
 
 
+def summary_line(output: str) -> str:
+    """`embench run`'s "embedding_benchmark RUN_ID: STATE in N s" line."""
+    return next(
+        line.strip()
+        for line in output.splitlines()
+        if " in " in line
+        and ": " in line
+        and line.strip().startswith("embedding_benchmark manual__")
+    )
+
+
 def shipped(output: str) -> list[tuple[str, str]]:
     """(seconds, report) of each ship_to_host in a run's log ("shipped to th1 in 12.3 s: {...}")."""
     return re.findall(r"shipped to \S+ in ([0-9.]+) s: (\{.*?\})\s", output)
@@ -85,8 +96,10 @@ def test_a_run_on_an_ssh_host_ships_once_and_leaves_nothing(embench_run, pg_data
     assert ship_second[1].count("present") == 3, ship_second
     assert host_containers(host) == []
     print(
-        f"\nshipping: first run {ship_first[0]} s {ship_first[1]}; "
-        f"second run {ship_second[0]} s {ship_second[1]}"
+        f"\n{summary_line(first.output)}\n{summary_line(second.output)}\n"
+        f"shipping: first run {ship_first[0]} s {ship_first[1]}; "
+        f"second run {ship_second[0]} s {ship_second[1]}\n"
+        f"docker ps -a on the test host afterwards:\n{host.docker('ps', '-a').stdout}"
     )
 
 
@@ -137,7 +150,7 @@ def test_ssh_dropped_mid_benchmark_fails_the_try_and_the_retry_measures_again(
     db_url = pg_database()
     run = embench_run(
         "--variants", "fp32", "--scenarios", SCENARIOS, db_url=db_url,
-        host=ssh_host_config(host), scenario_seconds=20.0, timeout=900,
+        host=ssh_host_config(host), scenario_seconds=8.0, timeout=900,
     )  # fmt: skip
     dropper.join(timeout=60)
     assert dropped.is_set(), "the connection was never dropped"

@@ -4,6 +4,7 @@ the design promises, and checkov. Terraform itself is not needed (nor installabl
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ import yaml
 
 hcl2 = pytest.importorskip("hcl2")
 
+from embench.config.schema import Ec2HostConfig  # noqa: E402
 from embench.hosts.ec2 import MANAGED_TAG_KEY, TERRAFORM_OUTPUTS  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -68,6 +70,18 @@ def _block(body: dict[str, Any], name: str) -> dict[str, Any]:
     return blocks[0]
 
 
+def _holds(condition: str, variable: str, value: float) -> bool:
+    """Evaluate a number variable's validation condition for `value`: a small subset of HCL
+    (comparisons, &&, ||, floor()), enough for the range checks of this module."""
+    expression = condition.removeprefix("${").removesuffix("}")
+    expression = expression.replace(f"var.{variable}", repr(value))
+    expression = expression.replace("&&", " and ").replace("||", " or ")
+    assert re.fullmatch(r"[\d.\s()<>=!]*(?:(?:and|or|floor)[\d.\s()<>=!]*)*", expression), (
+        f"condition outside the evaluated subset: {condition}"
+    )
+    return bool(eval(expression, {"__builtins__": {}}, {"floor": math.floor}))
+
+
 # -- the contract with the provisioner ---------------------------------------------------------
 
 
@@ -97,6 +111,48 @@ def test_outputs_carry_the_values_user_data_uses(module: dict[str, list[Any]]) -
     assert script.rindex("docker info") < script.index('> "$READY_MARKER"')
 
 
+def test_user_data_gets_every_template_variable_it_uses(module: dict[str, list[Any]]) -> None:
+    user_data = _one(module, "aws_launch_template")["user_data"]
+    arguments = re.search(r"user_data\.sh\.tftpl\", \{(?P<map>[^}]*)\}", user_data)
+    assert arguments, f"templatefile() call not understood: {user_data}"
+    passed = dict(re.findall(r"(\w+)\s*=\s*(var\.\w+)", arguments["map"]))
+    script = (MODULE / "user_data.sh.tftpl").read_text()
+    used = set(re.findall(r"(?<!\$)\$\{(\w+)\}", script))
+    assert used == set(passed), f"template uses {sorted(used)}, templatefile() passes {passed}"
+    assert passed["max_lifetime_minutes"] == "var.max_lifetime_minutes"
+
+
+def test_user_data_schedules_the_self_termination_first() -> None:
+    script = (MODULE / "user_data.sh.tftpl").read_text()
+    lines = [line.strip() for line in script.splitlines()]
+    assert lines[0] == "#!/bin/bash"
+    commands = [line for line in lines if line and not line.startswith("#")]
+    # Shell setup (strict mode, logging) may precede it; nothing that does anything may.
+    while commands and (commands[0] == "set -euo pipefail" or commands[0].startswith("exec >")):
+        commands.pop(0)
+    assert commands, "user_data has no commands"
+    first = commands[0]
+    assert re.fullmatch(r'shutdown -h \+\$\{max_lifetime_minutes\}(?: "[^"`\\]*")?', first), (
+        f"the first command of user_data must schedule `shutdown -h +${{max_lifetime_minutes}}`, "
+        f"found {first!r}"
+    )
+    # Nothing else cancels or replaces the deadline later on.
+    assert sum("shutdown" in c.split("#")[0] for c in commands) == 1, "a second shutdown command"
+    # The reason is written down next to it.
+    comment = script[: script.index(first)].rsplit("\n\n", 1)[-1]
+    assert "first" in comment and "scheduler" in comment and "terminate" in comment, comment
+
+
+def test_launch_template_terminates_a_host_that_shuts_itself_down(
+    module: dict[str, list[Any]],
+) -> None:
+    template = _one(module, "aws_launch_template")
+    # Without "terminate", user_data's deadline would only stop the host (its volume still
+    # billed, the instance still counted), not remove it.
+    assert template.get("instance_initiated_shutdown_behavior") == "terminate"
+    assert template.get("disable_api_termination") is False
+
+
 def test_instance_tags_mark_hosts_as_managed(module: dict[str, list[Any]]) -> None:
     template = _one(module, "aws_launch_template")
     specs = {s["resource_type"]: s["tags"] for s in template["tag_specifications"]}
@@ -110,11 +166,60 @@ def test_variables_are_documented_and_validated(module: dict[str, list[Any]]) ->
     for name, body in variables.items():
         assert body.get("description"), f"variable {name} has no description"
         assert body.get("type"), f"variable {name} has no type"
-    for name in ("allowed_ssh_cidr", "key_name", "instance_type", "root_volume_size_gb"):
+    validated = (
+        "allowed_ssh_cidr",
+        "key_name",
+        "instance_type",
+        "root_volume_size_gb",
+        "server_port",
+        "max_lifetime_minutes",
+    )
+    for name in validated:
         assert variables[name].get("validation"), f"variable {name} is not validated"
+        for validation in variables[name]["validation"]:
+            assert validation.get("error_message"), f"variable {name}: no error_message"
     assert variables["instance_type"]["default"] == "c7i.4xlarge"
     assert variables["root_volume_size_gb"]["default"] == 100
     assert variables["ready_marker"]["default"] == "/var/lib/embench/ready"
+    assert variables["server_port"]["default"] == 8080
+    assert variables["max_lifetime_minutes"]["default"] == 240
+
+
+@pytest.mark.parametrize(
+    ("name", "accepted", "refused"),
+    [
+        ("max_lifetime_minutes", [30, 31, 240, 1439, 1440], [0, 29, 29.5, 90.5, 1441, 10_000]),
+        ("server_port", [1024, 8080, 65535], [0, 22, 80, 1023, 8080.5, 65536]),
+    ],
+)
+def test_number_variables_are_whole_and_in_range(
+    module: dict[str, list[Any]], name: str, accepted: list[float], refused: list[float]
+) -> None:
+    variable = _named(module, "variable")[name]
+    assert variable["type"] == "number", f"{name} must be a number"
+    assert variable.get("description"), f"variable {name} has no description"
+    validations = variable.get("validation")
+    assert validations, f"variable {name} is not validated"
+    for validation in validations:
+        assert name in validation["error_message"], f"{name}: the error must name the variable"
+
+    def valid(value: float) -> bool:
+        return all(_holds(v["condition"], name, value) for v in validations)
+
+    assert valid(variable["default"]), f"{name}: the default fails its own validation"
+    assert [v for v in accepted if not valid(v)] == [], f"{name} refuses valid values"
+    assert [v for v in refused if valid(v)] == [], f"{name} accepts invalid values"
+
+
+def test_server_port_matches_the_pipeline_default(module: dict[str, list[Any]]) -> None:
+    benchmark = yaml.safe_load((REPO_ROOT / "config" / "benchmark.yaml").read_text())
+    pipeline_default = Ec2HostConfig.model_fields["server_port"].default
+    configured = (benchmark["host"].get("ec2") or {}).get("server_port", pipeline_default)
+    server_port = _named(module, "variable")["server_port"]
+    assert server_port["default"] == pipeline_default == configured, (
+        "terraform's server_port, Ec2HostConfig.server_port and benchmark.yaml's "
+        "host.ec2.server_port must agree: the security group opens only terraform's port"
+    )
 
 
 def test_allowed_ssh_cidr_is_required_and_refuses_the_internet(
@@ -173,16 +278,26 @@ def test_root_volume_is_encrypted_gp3(module: dict[str, list[Any]]) -> None:
     assert ebs["delete_on_termination"] is True
 
 
-def test_only_ssh_from_the_allowed_cidr_comes_in(module: dict[str, list[Any]]) -> None:
+def test_only_ssh_and_the_server_port_come_in_from_the_allowed_cidr(
+    module: dict[str, list[Any]],
+) -> None:
     assert not _resources(module, "aws_security_group_rule"), "use the per-rule resources"
     for name, group in _resources(module, "aws_security_group").items():
         assert "ingress" not in group and "egress" not in group, f"inline rules in {name}"
     ingress = _resources(module, "aws_vpc_security_group_ingress_rule")
-    assert len(ingress) == 1, f"expected SSH as the only ingress, found {sorted(ingress)}"
-    (rule,) = ingress.values()
-    assert (rule["from_port"], rule["to_port"], rule["ip_protocol"]) == (22, 22, "tcp")
-    assert rule["cidr_ipv4"] == "${var.allowed_ssh_cidr}"
-    assert "cidr_ipv6" not in rule and "prefix_list_id" not in rule
+    assert len(ingress) == 2, f"expected SSH and the server port only, found {sorted(ingress)}"
+    ports = sorted(
+        ((rule["from_port"], rule["to_port"], rule["ip_protocol"]) for rule in ingress.values()),
+        key=str,
+    )
+    server = "${var.server_port}"
+    assert ports == sorted([(22, 22, "tcp"), (server, server, "tcp")], key=str), ports
+    for name, rule in ingress.items():
+        assert rule["security_group_id"] == "${aws_security_group.host.id}", name
+        assert rule["cidr_ipv4"] == "${var.allowed_ssh_cidr}", name
+        assert rule.get("description"), f"ingress rule {name} has no description"
+        for other_source in ("cidr_ipv6", "prefix_list_id", "referenced_security_group_id"):
+            assert other_source not in rule, f"ingress rule {name} has a {other_source}"
 
 
 def test_no_rule_opens_ingress_to_the_internet(module: dict[str, list[Any]]) -> None:

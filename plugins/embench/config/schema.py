@@ -243,7 +243,9 @@ class Ec2HostConfig(StrictModel):
     known_hosts: str = "~/.ssh/embench_ec2_known_hosts"
     address_type: Literal["public", "private"] = "public"  # public falls back to private
     docker_socket: str = "/var/run/docker.sock"
-    server_port: Annotated[int, Field(ge=1, le=65535)] | None = 8080  # open in terraform's SG
+    # The server's port on the instance: terraform's server_port, the one its security group
+    # opens to the workers (so no "any free port" here).
+    server_port: Annotated[int, Field(ge=1024, le=65535)] = 8080
     instance_type: str | None = None  # default: the launch template's (c7i.4xlarge)
     ready_timeout_s: PositiveFloat = 600.0
 

@@ -60,10 +60,6 @@ class Provisioner(Protocol):
         """Give the host back; idempotent, and safe to call for a host half-created."""
         ...
 
-    def sweep(self, labels: dict[str, str]) -> list[str]:
-        """Release every host still tagged with `labels`; returns what it released."""
-        ...
-
     def sweep_dead(self, run_is_live: RunIsLive) -> list[str]:
         """Release the hosts of runs no longer alive (never a live run's); returns them."""
         ...

@@ -316,9 +316,10 @@ class Ec2Provisioner:
         """Terminate this project's instances whose DAG run is no longer alive (a scheduler
         killed mid-run, a stack taken down); a live run's instance is never touched."""
         client = self._client(self._sweep_region())
+        deployment = deployment_name()
         filters = [
             {"Name": f"tag:{MANAGED_TAG_KEY}", "Values": [MANAGED_TAG_VALUE]},
-            {"Name": "tag:deployment", "Values": [deployment_name()]},
+            {"Name": "tag:deployment", "Values": [deployment]},
             {"Name": "instance-state-name", "Values": _LIVE_STATES},
         ]
         dead: list[str] = []
@@ -326,32 +327,14 @@ class Ec2Provisioner:
             for reservation in page.get("Reservations", []):
                 for instance in reservation.get("Instances", []):
                     tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+                    if tags.get("deployment") != deployment:
+                        continue  # filter values are patterns ('*', '?'): exact matches only
                     if not run_is_live(tags.get("dag_id", ""), tags.get("run_id", "")):
                         dead.append(instance["InstanceId"])
         if dead:
             log.warning("ec2: terminating %s: their runs are no longer alive", dead)
             self._terminate(client, dead)
         return dead
-
-    def sweep(self, labels: dict[str, str]) -> list[str]:
-        if not labels:
-            raise ValueError("sweep needs labels: it never terminates every managed instance")
-        tags = _tags(labels)
-        client = self._client(self._sweep_region())
-        filters = [{"Name": f"tag:{k}", "Values": [v]} for k, v in tags.items()]
-        filters.append({"Name": "instance-state-name", "Values": _LIVE_STATES})
-        found: list[str] = []
-        for page in client.get_paginator("describe_instances").paginate(Filters=filters):
-            for reservation in page.get("Reservations", []):
-                for instance in reservation.get("Instances", []):
-                    have = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
-                    # Filter values are patterns ('*', '?'); keep exact matches only.
-                    if all(have.get(k) == v for k, v in tags.items()):
-                        found.append(instance["InstanceId"])
-        if found:
-            log.info("ec2: sweeping %s (labels %s)", found, labels)
-            self._terminate(client, found)
-        return found
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -23,8 +23,5 @@ class LocalProvisioner:
     def release(self, host: Host) -> None:
         return None
 
-    def sweep(self, labels: dict[str, str]) -> list[str]:
-        return []
-
     def sweep_dead(self, run_is_live: object) -> list[str]:
         return []

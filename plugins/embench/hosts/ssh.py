@@ -187,6 +187,15 @@ class DockerTunnel:
     def alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def gone_within(self, seconds: float) -> bool:
+        """Whether the connection ends within `seconds` (at once when it has already)."""
+        deadline = time.monotonic() + seconds
+        while self.alive():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def close(self) -> None:
         if self._process is not None:
             if self._process.poll() is None:
@@ -330,9 +339,6 @@ class SshProvisioner:
             log.warning(
                 "ssh: could not release the lock on %s (%s); the next run breaks it", host.name, exc
             )
-
-    def sweep(self, labels: dict[str, str]) -> list[str]:
-        return []  # static hosts are never created, so never destroyed
 
     def sweep_dead(self, run_is_live: RunIsLive) -> list[str]:
         return []  # a dead run's lock is broken by the next acquire that finds it

@@ -66,7 +66,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from embench.config import load_config
     from embench.hosts.local import LocalProvisioner
     from embench.launch.docker_server import deployment_name, sweep_stale_containers
-    from embench.steps import docker_client
+    from embench.launch.site import docker_api
 
     _airflow_configured()
     docker_url = (
@@ -74,7 +74,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         or LocalProvisioner(load_config(args.config_dir).benchmark.host.docker_url).docker_url
     )
     stale = sweep_stale_containers(
-        docker_client(docker_url), live_runs.from_metadata_db(), dry_run=args.dry_run
+        docker_api(docker_url), live_runs.from_metadata_db(), dry_run=args.dry_run
     )
     if args.json:
         print(

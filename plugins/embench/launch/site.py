@@ -108,7 +108,9 @@ class DockerSite:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: object, trace: object) -> None:
-        lost = self._tunnel is not None and not self._tunnel.alive()
+        failed = isinstance(error, Exception) and not isinstance(error, EmbenchError)
+        # A Docker call can fail on the broken connection a moment before ssh itself exits.
+        lost = self._tunnel is not None and failed and self._tunnel.gone_within(3.0)
         if self._cli is not None:
             self._cli.close()
             self._cli = None
@@ -116,7 +118,7 @@ class DockerSite:
             target = self._tunnel.endpoint.target
             self._tunnel.close()
             # Whatever Docker call noticed it, say what happened: the host went away.
-            if lost and isinstance(error, Exception) and not isinstance(error, EmbenchError):
+            if lost:
                 raise EmbenchError(
                     f"lost the SSH connection to host {self.host.name} ({target}): {error}"
                 ) from error
@@ -152,9 +154,9 @@ class DockerSite:
         return report
 
     def _ship_image(self, image: str) -> str:
-        from embench.steps import docker_client  # the worker's own daemon
+        from embench.hosts.local import LocalProvisioner  # the worker's own daemon
 
-        local = docker_client(os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock")
+        local = docker_api(LocalProvisioner(self.config.benchmark.host.docker_url).docker_url)
         try:
             local_id = local.inspect_image(image)["Id"]
         except NotFound:
