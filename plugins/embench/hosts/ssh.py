@@ -295,8 +295,10 @@ class SshProvisioner:
         )
 
     def _take(self, endpoint: SshEndpoint, lock: str, labels: dict[str, str]) -> str | None:
-        """Take the lock; None when taken, else who holds it."""
-        holder = json.dumps({k: labels.get(k, "") for k in ("dag_id", "run_id")}, sort_keys=True)
+        """Take the lock; None when taken, else who holds it. Only a lock of this deployment
+        can be judged (its runs are the ones Airflow here knows): another's is never broken."""
+        mine = {k: labels.get(k, "") for k in ("deployment", "dag_id", "run_id")}
+        holder = json.dumps(mine, sort_keys=True)
         path = shlex.quote(lock)
         take = (
             f"mkdir {path} 2>/dev/null && printf %s {shlex.quote(holder)} > {path}/holder "
@@ -311,13 +313,15 @@ class SshProvisioner:
                 held = json.loads(out or "{}")
             except ValueError:
                 held = {}
-            if held == json.loads(holder):
+            if held == mine:
                 return None  # our own run took it (a retried provision)
-            dead = self.run_is_live is not None and not self.run_is_live(
-                str(held.get("dag_id", "")), str(held.get("run_id", ""))
+            dead = (
+                self.run_is_live is not None
+                and held.get("deployment", "") == mine["deployment"]
+                and not self.run_is_live(str(held.get("dag_id", "")), str(held.get("run_id", "")))
             )
             if not dead:
-                return f"{held.get('dag_id', '?')} {held.get('run_id', '?')}"
+                return " ".join(str(held.get(k, "?")) for k in ("deployment", "dag_id", "run_id"))
             log.warning(
                 "ssh: breaking %s's lock on %s: its run is no longer alive", out, endpoint.target
             )
