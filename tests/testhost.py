@@ -25,30 +25,20 @@ Reaching a host's daemon over SSH (the host key is pinned: StrictHostKeyChecking
   `ssh -i KEY -o UserKnownHostsFile=KNOWN_HOSTS -o StrictHostKeyChecking=yes -o BatchMode=yes
   root@ADDRESS docker info`. Large transfers go through this client
   (`docker save IMAGE | ssh ... docker load`, see `TestHost.load_image`).
-- The docker CLI (`docker -H ssh://root@ADDRESS ...`) and docker-py with `use_ssh_client=True`
-  both run the program `ssh` found on PATH as `ssh [-o ConnectTimeout=30 -T] -l root --
-  ADDRESS docker system dial-stdio` (seen with strace: CLI 28.2) and take no ssh options
-  from the caller: neither has a flag or environment variable for them (there is no
-  DOCKER_SSH_OPTS). And OpenSSH finds `~/.ssh/config` through the
-  password database, not `$HOME`, so a private HOME does not help either. What works: each
-  host has `bin_dir` holding an executable `ssh` that runs `/usr/bin/ssh -F <ssh_config_path>
-  "$@"`, where that config file names the key, the pinned known_hosts, StrictHostKeyChecking
-  yes, BatchMode yes and IdentitiesOnly yes for the host's address. Put `bin_dir` first on
-  PATH (`host.ssh_env()` returns such an environment):
+- What the pipeline uses: an ssh tunnel of the daemon's socket (`ssh -L LOCAL.sock:
+  <docker_socket>`, embench.hosts.ssh.DockerTunnel), with every ssh option explicit; docker-py
+  then talks to `unix://LOCAL.sock`.
+- The docker CLI (`docker -H ssh://root@ADDRESS ...`) runs the program `ssh` found on PATH as
+  `ssh [-o ConnectTimeout=30 -T] -l root -- ADDRESS docker system dial-stdio` (seen with
+  strace: CLI 28.2) and takes no ssh options from the caller (there is no DOCKER_SSH_OPTS;
+  OpenSSH finds `~/.ssh/config` through the password database, not `$HOME`). What works:
+  each host has `bin_dir` holding an executable `ssh` that runs `/usr/bin/ssh -F
+  <ssh_config_path> "$@"`, where that config names the key, the pinned known_hosts,
+  StrictHostKeyChecking yes, BatchMode yes and IdentitiesOnly yes for the host's address:
 
       subprocess.run(["docker", "-H", host.ssh_url, "info"], env=host.ssh_env())
 
-      # docker-py reads os.environ when it spawns ssh: set PATH in the process
-      monkeypatch.setenv("PATH", host.ssh_env()["PATH"])
-      client = docker.DockerClient(base_url=host.ssh_url, use_ssh_client=True)
-
-  `ssh://root@ADDRESS/run/embench-th/NAME/docker.sock` (a path in the URL) makes the CLI run
-  `docker --host=unix://PATH system dial-stdio` remotely, which works without the sshd's
-  SetEnv (tested for the CLI only). docker-py's paramiko transport
-  (`use_ssh_client=False`) reads `~/.ssh/config` through $HOME and rejects unknown host keys
-  and is ~100x slower than OpenSSH on images: use it only for small calls, if at all.
-- An ssh tunnel of the daemon's socket (`ssh -L LOCAL.sock:<docker_socket>`, what
-  embench.hosts.ssh.DockerTunnel does) works too: sshd allows stream-local forwarding.
+  docker-py's own ssh transports need paramiko, which this project does not install.
 
 `docker -H unix://<docker_socket>` (`TestHost.docker`) talks to the host's daemon directly,
 for test assertions only.
@@ -216,7 +206,7 @@ class TestHost:
 
     def ssh_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """An environment whose `ssh` reaches this host with the pinned key, for
-        `docker -H ssh://...` and docker-py's `use_ssh_client=True`."""
+        `docker -H ssh://...`."""
         env = dict(os.environ if base is None else base)
         env["PATH"] = f"{self.bin_dir}{os.pathsep}{env.get('PATH', os.defpath)}"
         return env

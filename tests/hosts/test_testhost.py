@@ -103,15 +103,26 @@ def test_docker_over_ssh_reaches_the_hosts_own_daemon(host: TestHost):
     assert done.stdout.strip() == over_ssh
 
 
-def test_docker_py_over_the_openssh_client(host: TestHost, monkeypatch: pytest.MonkeyPatch):
-    import docker
+def test_docker_py_through_the_pipelines_ssh_tunnel(host: TestHost):
+    """What the pipeline uses (embench.hosts.ssh.DockerTunnel): the host's Docker socket
+    forwarded over the OpenSSH client, with the pinned key, to docker-py."""
+    from docker import APIClient
 
-    monkeypatch.setenv("PATH", host.ssh_env()["PATH"])
-    client = docker.DockerClient(base_url=host.ssh_url, use_ssh_client=True, timeout=60)
-    try:
-        info = client.info()
-    finally:
-        client.close()
+    from embench.hosts.ssh import DockerTunnel, SshEndpoint
+
+    endpoint = SshEndpoint(
+        address=host.address,
+        user=host.user,
+        key_path=str(host.key_path),
+        known_hosts=str(host.known_hosts_path),
+        docker_socket=str(host.docker_socket),
+    )
+    with DockerTunnel(endpoint) as tunnel:
+        client = APIClient(base_url=tunnel.docker_url, timeout=60)
+        try:
+            info = client.info()
+        finally:
+            client.close()
     assert info["Name"] == host.name
     assert info["DockerRootDir"] == str(host.data_root)
 
