@@ -8,7 +8,11 @@
 Scenario specs are comma-separated key=value pairs with the field names of benchmark.yaml's
 scenarios (name, mode, concurrency, rate, arrival, min_requests, min_duration_s,
 max_duration_s, texts_per_request, length_bucket); `concurrency=1/4/16` (or `rate=...`)
-expands into a sweep. `--set KEY=VALUE` gives defaults to every --scenarios spec.
+expands into a sweep. `--set KEY=VALUE` gives defaults to every --scenarios spec. A search
+for the peak load under a p99 SLO takes `search.` keys instead of the rate or concurrency:
+    mode=open,search.over=rate,search.slo_p99_ms=50,search.low=10,search.high=400
+(also search.max_error_rate, search.precision, search.max_probes; over=concurrency with
+mode=closed).
 
 Exit status: 0 run complete (see each scenario's `valid`), 2 bad arguments or scenario file,
 3 server not ready within --wait-timeout, 4 server went away during the run, 5 run complete
@@ -89,10 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
     g = run.add_argument_group("warm-up and stability (override the scenario file)")
     g.add_argument("--warmup-requests", type=int)
     g.add_argument("--warmup-duration", type=float, metavar="S")
-    g.add_argument("--window", type=float, metavar="S", help="stability window length")
+    g.add_argument("--window", type=float, metavar="S", help="shortest stability window")
+    g.add_argument(
+        "--window-requests", type=int, metavar="N", help="requests a window should hold (135)"
+    )
     g.add_argument("--windows", type=int, help="last N windows that must agree")
     g.add_argument("--tolerance", type=float, help="relative tolerance, e.g. 0.1")
-    g.add_argument("--extend-until-stable", action="store_true", default=None)
+    g.add_argument(
+        "--extend-until-stable",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="check at every window boundary until stable (default: yes)",
+    )
     g.add_argument("--max-trials", type=int)
     r = run.add_argument_group("requests")
     r.add_argument("--endpoint", choices=["embed", "openai"])
@@ -101,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int)
     r.add_argument("--timeout", type=float, metavar="S", help="per-request timeout")
     r.add_argument("--max-connections", type=int, help="open loop: connections at most")
+    r.add_argument(
+        "--schedule-lag-limit",
+        type=float,
+        metavar="MS",
+        help="open loop: a p99 schedule lag beyond this, or a dropped arrival, invalidates (100)",
+    )
     r.add_argument("--error-threshold", type=float, help="error rate that invalidates (0.01)")
     r.add_argument(
         "--timing-header",
@@ -177,6 +195,7 @@ def build_request(args: argparse.Namespace) -> RunRequest:
         StabilityParams,
         {
             "window_s": args.window,
+            "window_requests": args.window_requests,
             "windows": args.windows,
             "tolerance": args.tolerance,
             "extend_until_stable": args.extend_until_stable,
@@ -185,6 +204,10 @@ def build_request(args: argparse.Namespace) -> RunRequest:
         "stability",
     )
     base_options = (file.options if file and file.options else None) or ClientOptions()
+    if file and base_options.tokenizer and not Path(base_options.tokenizer).is_absolute():
+        # a scenario file names its tokenizer beside itself (it travels with the file)
+        tokenizer = str(args.scenario_file.parent / base_options.tokenizer)
+        base_options = base_options.model_copy(update={"tokenizer": tokenizer})
     timing = None
     if args.timing_header:
         timing = dict(base_options.timing_headers)
@@ -203,6 +226,7 @@ def build_request(args: argparse.Namespace) -> RunRequest:
             "seed": args.seed,
             "request_timeout_s": args.timeout,
             "max_connections": args.max_connections,
+            "schedule_lag_limit_ms": args.schedule_lag_limit,
             "error_threshold": args.error_threshold,
             "timing_headers": timing,
             "sample_interval_s": args.sample_interval,

@@ -4,13 +4,26 @@ Closed loop: `concurrency` workers; each sends its next request when the last is
 latency runs from the actual send. Open loop: a dispatcher starts requests at seeded arrival
 times (Poisson or constant) whether or not earlier ones were answered; latency runs from the
 SCHEDULED send time, so a client or server that falls behind cannot hide the delay
-(coordinated omission), and the schedule lag (actual - scheduled start) is recorded.
+(coordinated omission), and the schedule lag (actual - scheduled start) is recorded. At most
+max_connections requests are in flight: beyond them the dispatcher waits, falls behind its
+schedule (the lag shows it) and, at the end, the arrivals it never sent are counted dropped.
 
 Warm-up and measurement are one continuous load: requests that start before the measurement
 start are warm-up and count in no latency statistic. A request is measured when its
 (scheduled) start falls in the measurement interval [t0, t1); after t1 no request starts and
 those in flight are waited for (bounded by the request timeout), so a slow tail is never
 dropped. Throughput (and the windows) count successful completions inside [t0, t1).
+
+Stability (perf_analyzer's semantics, client.stats): the measurement is cut into windows long
+enough to hold `window_requests` at the throughput seen in warm-up (open loop: the rate);
+once min_duration_s and min_requests are met, each window boundary with at least `windows`
+full windows behind it is a check (a trial); the measurement stops at the first stable check
+whose stable windows hold the requests a p99 interval needs (368), extended one window at a
+time up to max_trials checks. The stop follows the boundary within
+one poll; the figures are those of the stable windows (client.summary).
+
+A monitor task sleeps a fixed interval and records how late it wakes: the client's own
+event-loop lag, in both modes (a saturated client delays every timestamp it takes).
 
 The hot path appends to lists; every statistic is computed after the scenario. Timestamps come
 from time.perf_counter (nanosecond resolution), not loop.time(): uvloop's loop time is cached
@@ -20,6 +33,7 @@ per loop iteration in whole milliseconds.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import hashlib
 import math
@@ -39,7 +53,15 @@ from client.scenario import (
     StabilityParams,
     WarmupParams,
 )
-from client.stats import Stability, stability, windows
+from client.stats import (
+    P99_SUPPORT,
+    Stability,
+    Window,
+    stability,
+    tail_design_effect,
+    window_length,
+    windows,
+)
 from client.workload import PreparedRequest, Workload
 
 try:
@@ -73,6 +95,23 @@ def arrival_offsets(rate: float, arrival: str, seed: int) -> Iterator[float]:
 def scenario_seed(seed: int, name: str, purpose: str) -> int:
     digest = hashlib.sha256(f"{seed}:{name}:{purpose}".encode()).digest()
     return int.from_bytes(digest[:8], "big")
+
+
+class Schedule:
+    """The open-loop arrival times (perf_counter), regenerated from the same seed as the
+    dispatcher's, so that arrivals it never sent are still known and counted."""
+
+    def __init__(self, rate: float, arrival: str, seed: int, base: float) -> None:
+        self._offsets = arrival_offsets(rate, arrival, seed)
+        self.base = base
+        self._times: list[float] = []
+
+    def until(self, t: float) -> np.ndarray:
+        """Every arrival scheduled before t."""
+        times = self._times
+        while not times or times[-1] < t:
+            times.append(self.base + next(self._offsets))
+        return np.asarray(times[: bisect.bisect_left(times, t)], dtype=np.float64)
 
 
 @dataclass
@@ -148,6 +187,33 @@ class RawMeasurement:
     sampler_failures: int
     sampler_error: str | None
     final_stability: Stability | None
+    window_s: float | None = None  # the window length used (None: never sized)
+    window_note: str | None = None  # why it is shorter than window_requests asked
+    schedule: np.ndarray | None = None  # open loop: every arrival scheduled before t1
+    dispatched: int = 0  # open loop: arrivals sent before t1 (all of them, warm-up included)
+    loop_lags: list[tuple[float, float]] = field(default_factory=list)  # (when, lag s)
+
+
+def measure_windows(
+    a: Arrays, t0: float, t_end: float, window_s: float, arrivals: np.ndarray | None
+) -> list[Window]:
+    """The windows of [t0, t_end): completions by completion time (every latency known when
+    its window closes), failures at their time to failure; open loop: the scheduled
+    arrivals; the tail's design effect from the same requests."""
+    done = (a.end >= t0) & (a.end < t_end)
+    latency = (a.end[done] - a.start[done]) * 1e3
+    in_range = None
+    if arrivals is not None:
+        in_range = arrivals[(arrivals >= t0) & (arrivals < t_end)] - t0
+    return windows(
+        a.end[done] - t0,
+        latency,
+        a.ok[done],
+        t_end - t0,
+        window_s,
+        in_range,
+        design_effect=tail_design_effect(a.start[done], latency),
+    )
 
 
 class LoadEngine:
@@ -189,12 +255,21 @@ class LoadEngine:
         self.measured_done = 0
         self.measured_errors = 0
         self.cancelled = 0
-        self.trials = 1
+        self.trials = 0  # stability checks made
+        self.window_s: float | None = None
+        self.window_note: str | None = None
         self.samples: list[tuple[float, float | None, int | None, float | None, int]] = []
         self.sampler_failures = 0
         self.sampler_error: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
+        # open loop
+        self.schedule: Schedule | None = None
+        self.send_until = math.inf  # the dispatcher sends arrivals scheduled before this
+        self.next_arrival = math.inf  # the arrival the dispatcher sends next
+        self.dispatched = 0
+        self._slots = asyncio.Semaphore(options.max_connections)
+        self.loop_lags: list[tuple[float, float]] = []
 
     # ------------------------------------------------------------- one request
 
@@ -300,22 +375,48 @@ class LoadEngine:
     async def _dispatcher(self) -> None:
         p = self.params
         assert p.rate is not None
-        offsets = arrival_offsets(
-            p.rate, p.arrival, scenario_seed(self.options.seed, p.name, "arrivals")
-        )
+        seed = scenario_seed(self.options.seed, p.name, "arrivals")
+        offsets = arrival_offsets(p.rate, p.arrival, seed)
         time = perf_counter
         base = time()
+        self.schedule = Schedule(p.rate, p.arrival, seed, base)
         tasks = self._tasks
+        slots = self._slots
         for offset in offsets:
             target = base + offset
+            self.next_arrival = target
             delay = target - time()
             # sleep(0) when behind: yield so that responses are read
             await asyncio.sleep(delay if delay > 0 else 0)
-            if not self.sending:
+            if target >= self.send_until:
                 return
-            task = self._loop.create_task(self._request(target, self.workload.next()))
+            # at most max_connections in flight: beyond them the schedule waits (and lags)
+            await slots.acquire()
+            if target >= self.send_until:
+                slots.release()
+                return
+            task = self._loop.create_task(self._open_request(target, self.workload.next()))
+            self.dispatched += 1
             tasks.add(task)
             task.add_done_callback(tasks.discard)
+
+    async def _open_request(self, target: float, req: PreparedRequest) -> None:
+        try:
+            await self._request(target, req)
+        finally:
+            self._slots.release()
+
+    async def _loop_lag_monitor(self) -> None:
+        """Sleep a fixed interval, record how late the wake-up came: the event loop's own
+        delay to every callback (a response read, a timestamp taken, a request sent)."""
+        interval = self.options.loop_lag_interval_ms / 1e3
+        lags = self.loop_lags
+        time = perf_counter
+        while True:
+            before = time()
+            await asyncio.sleep(interval)
+            now = time()
+            lags.append((now, max(now - before - interval, 0.0)))
 
     # ------------------------------------------------------------- control
 
@@ -327,18 +428,31 @@ class LoadEngine:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.interrupt.wait(), seconds)
 
-    def current_stability(self, now: float) -> Stability:
-        a = Arrays.of(self.rec)
-        done = (a.end >= self.t0) & (a.end < now)
+    def current_stability(self, t_end: float, window_s: float) -> tuple[Stability, int]:
+        """Stability of the windows from t0 to t_end (a window boundary), and the requests
+        that its stable windows hold (0 when unstable)."""
+        arrivals = self.schedule.until(t_end) if self.schedule is not None else None
+        series = measure_windows(Arrays.of(self.rec), self.t0, t_end, window_s, arrivals)
         sp = self.stability_params
-        series = windows(
-            a.end[done] - self.t0,
-            (a.end[done] - a.start[done]) * 1e3,
-            a.ok[done],
-            now - self.t0,
-            sp.window_s,
+        st = stability(series, sp.windows, sp.tolerance)
+        held = sum(w.requests for w in series[st.first or 0 :] if not w.partial)
+        return st, held if st.stable else 0
+
+    def _size_windows(self, throughput: float | None) -> None:
+        sp, p = self.stability_params, self.params
+        self.window_s, self.window_note = window_length(
+            sp.window_s, sp.window_requests, throughput, sp.windows, p.max_duration_s
         )
-        return stability(series, sp.windows, sp.tolerance)
+
+    def _warmup_throughput(self) -> float | None:
+        """Completions per second over the second half of warm-up (the first may be cold),
+        else over all of it; None when it saw too few to tell."""
+        end = np.asarray(self.rec.end, dtype=np.float64)
+        for since in (self.t_begin + (self.t0 - self.t_begin) / 2, self.t_begin):
+            count = int(((end >= since) & (end < self.t0)).sum())
+            if count >= 10 and self.t0 - since >= 0.05:
+                return count / (self.t0 - since)
+        return None
 
     async def _take_sample(self, client_cpu: ClientCpu) -> None:
         now = perf_counter()
@@ -375,6 +489,7 @@ class LoadEngine:
         else:
             producers = [self._loop.create_task(self._dispatcher())]
         sampling: asyncio.Task[None] | None = None
+        lag_monitor = self._loop.create_task(self._loop_lag_monitor())
         warmup_incomplete = False
         stop_reason = "interrupted"
         final: Stability | None = None
@@ -395,32 +510,50 @@ class LoadEngine:
                 await asyncio.to_thread(self.sampler.sample)  # prime the CPU counter
             client_cpu = ClientCpu()
             sampling = self._loop.create_task(self._sample_loop(client_cpu))
-            next_check: float | None = None
+            # windows sized for the expected throughput: the rate (open loop), else the
+            # warm-up's, else (no warm-up) the measurement's once the minimums are met
+            expected = p.rate if p.mode == "open" else self._warmup_throughput()
+            if expected is not None:
+                self._size_windows(expected)
+            last_boundary = 0
             while not self.interrupt.is_set():
                 now = time()
                 elapsed = now - self.t0
+                minimums = elapsed >= p.min_duration_s and self.measured_done >= p.min_requests
+                if self.window_s is None and minimums:
+                    self._size_windows(self.measured_done / elapsed)
+                w = self.window_s
+                k = math.floor(elapsed / w + 1e-9) if w else 0
+                if w and k >= sp.windows and k > last_boundary:
+                    last_boundary = k
+                    boundary = self.t0 + k * w
+                    if k * w >= p.min_duration_s - 1e-9 and self.measured_done >= p.min_requests:
+                        self.trials += 1
+                        final, held = self.current_stability(boundary, w)
+                        # stable, and its windows hold enough requests for the figures'
+                        # p99 (when they do not, one more window, as for an unstable check)
+                        enough = held >= P99_SUPPORT or self.trials >= sp.max_trials
+                        if final.stable and (enough or not sp.extend_until_stable):
+                            stop_reason = "stable"
+                        elif not sp.extend_until_stable:
+                            stop_reason = "min_reached"
+                        elif self.trials >= sp.max_trials:
+                            stop_reason = "max_trials"
+                        if stop_reason != "interrupted":
+                            break
                 if elapsed >= p.max_duration_s:
                     stop_reason = "max_duration"
                     break
-                if elapsed >= p.min_duration_s and self.measured_done >= p.min_requests:
-                    if not sp.extend_until_stable:
-                        stop_reason = "min_reached"
-                        break
-                    if next_check is None or now >= next_check:
-                        final = self.current_stability(now)
-                        if final.stable:
-                            stop_reason = "stable"
-                            break
-                        if self.trials >= sp.max_trials:
-                            stop_reason = "max_trials"
-                            break
-                        self.trials += 1
-                        next_check = now + sp.windows * sp.window_s
                 await self._wait(POLL_S)
             interrupted = self.interrupt.is_set()
             if interrupted:
                 stop_reason = "interrupted"
+            # the stop: a check's boundary plus at most one poll, a sliver that the figures
+            # keep (no request started before the stop goes unmeasured) and that stability,
+            # whose windows are whole, leaves out
             self.t1 = time()
+            self.sending = False  # no request starts after t1 (the final sample awaits)
+            self.send_until = self.t1
             sampling.cancel()
             last = self.samples[-1][0] if self.samples else 0.0
             elapsed = self.t1 - self.t0
@@ -428,15 +561,28 @@ class LoadEngine:
                 await self._take_sample(client_cpu)  # a short tail (or scenario) is sampled too
         finally:
             self.sending = False
+            self.send_until = min(self.send_until, time())
             self.phase = "drain"
             if p.mode == "open":
+                # arrivals due before t1 that the dispatcher has not sent yet (it is behind)
+                # get the lag limit to go out; what is left then is dropped
+                grace_end = time() + self.options.schedule_lag_limit_ms / 1e3
+                while (
+                    not self.interrupt.is_set()
+                    and not producers[0].done()
+                    and self.next_arrival < self.send_until
+                    and time() < grace_end
+                ):
+                    await asyncio.sleep(POLL_S / 4)
                 for task in producers:
                     task.cancel()
+                await asyncio.wait(producers, timeout=2)
                 producers_pending = list(self._tasks)
             else:
                 producers_pending = producers
             if sampling is not None:
                 sampling.cancel()
+            lag_monitor.cancel()
             if self.interrupt.is_set():
                 for task in producers_pending:
                     task.cancel()
@@ -470,6 +616,11 @@ class LoadEngine:
             sampler_failures=self.sampler_failures,
             sampler_error=self.sampler_error,
             final_stability=final,
+            window_s=self.window_s,
+            window_note=self.window_note,
+            schedule=self.schedule.until(self.t1) if self.schedule is not None else None,
+            dispatched=self.dispatched,
+            loop_lags=self.loop_lags,
         )
 
 

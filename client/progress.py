@@ -27,7 +27,16 @@ def scenario_line(r: ScenarioResult) -> str:
         f"{'stable' if r.stable else 'unstable'}; {r.requests_ok} ok / {r.requests_failed} failed "
         f"({r.error_rate:.2%}) in {r.duration_s:.1f} s; qps {r.qps:.1f}, "
         f"texts/s {r.texts_per_s:.1f}; latency ms p50 {_fmt(r.p50_ms)} p90 {_fmt(r.p90_ms)} "
-        f"p99 {_fmt(r.p99_ms)} p99.9 {_fmt(r.p999_ms)} max {_fmt(r.max_ms)}"
+        f"p99 {_fmt(r.p99_ms)} [{_fmt(r.p99_ci_low_ms)}, {_fmt(r.p99_ci_high_ms)}] "
+        f"p99.9 {_fmt(r.p999_ms)} max {_fmt(r.max_ms)}"
+        + (
+            f"; figures from {r.figures_from_s:g} s over {r.stable_windows} windows of "
+            f"{r.window_s:g} s"
+            if r.stable and r.window_s
+            else ""
+        )
+        + (f"; dropped {r.requests_dropped}" if r.requests_dropped else "")
+        + (f"; goodput {_fmt(r.goodput_per_s)}/s" if r.goodput_per_s is not None else "")
         + (f"; lag p99 {_fmt(r.lag_p99_ms, '.2f')} ms" if r.lag_p99_ms is not None else "")
         + (
             f"; server cpu {_fmt(r.server_cpu_pct_mean, '.0f')}%"
@@ -35,6 +44,16 @@ def scenario_line(r: ScenarioResult) -> str:
             else ""
         )
         + f"; client cpu {_fmt(r.client_cpu_pct_mean, '.0f')}%; flags {flags}"
+        + (_search_part(r) if r.search_over else "")
+    )
+
+
+def _search_part(r: ScenarioResult) -> str:
+    """A search's line: the figures above are its best probe's; then what it found."""
+    peak = "none" if r.peak_load is None else f"{r.search_over} {r.peak_load:g}"
+    return (
+        f"; search over {len(r.search_probes)} probes: peak {peak} "
+        f"(qps {_fmt(r.peak_qps)}): {r.search_reason}"
     )
 
 
@@ -110,7 +129,8 @@ class RichReporter:
             status = (
                 f"{engine.measured_done} req, {qps:.0f}/s, {engine.measured_errors} err, "
                 f"in flight {engine.inflight}"
-                + (f", trial {engine.trials}" if engine.trials > 1 else "")
+                + (f", windows of {engine.window_s:.1f} s" if engine.window_s else "")
+                + (f", check {engine.trials}" if engine.trials else "")
             )
         self.progress.update(self.task, completed=done, phase=engine.phase, status=status)
 

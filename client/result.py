@@ -35,7 +35,7 @@ from client.scenario import (
     WarmupParams,
 )
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "2.0"
 SCHEMA_MAJOR = SCHEMA_VERSION.split(".")[0]
 
 Severity = Literal["invalid", "warning"]
@@ -47,11 +47,17 @@ FLAG_CODES: dict[str, str] = {
     "no_success": "no request succeeded [invalid]",
     "min_requests_not_met": "max_duration_s ended the scenario before min_requests [invalid]",
     "interrupted": "the scenario was interrupted; its figures are partial [invalid]",
-    "unstable": "the last windows did not agree within the tolerance [warning]",
-    "client_saturated": "the client's own CPU reached the saturation threshold [warning]",
-    "schedule_lag": "open loop: the client fell behind its send schedule [warning]",
+    "unstable": "the measurement never stabilised within max_trials checks [invalid]",
+    "client_saturated": "the client's own CPU, or its event loop's lag, reached the saturation "
+    "threshold [warning]",
+    "schedule_lag": "open loop: the client fell behind its send schedule: p99 lag above "
+    "max_schedule_lag_ms [warning]; above schedule_lag_limit_ms, or arrivals never sent "
+    "[invalid]",
     "warmup_incomplete": "warm-up ended by the time bound, not by its targets [warning]",
     "resource_sampling": "server resources could not be sampled [warning]",
+    "search_above_high": "search: even search.high met the SLO; the peak is above it [invalid]",
+    "search_none_passed": "search: no probe met the SLO, not even search.low [invalid]",
+    "search_imprecise": "search: max_probes ended it before the stated precision [warning]",
 }
 
 
@@ -67,8 +73,11 @@ class ValidityFlag(Document):
 
 
 class WindowResult(Document):
+    """One stability window (completions by completion time; latency over every completion,
+    failures at their time to failure)."""
+
     index: int
-    start_s: float
+    start_s: float  # from the start of the measurement
     end_s: float
     requests_ok: int
     errors: int
@@ -76,6 +85,15 @@ class WindowResult(Document):
     p50_ms: float | None
     p99_ms: float | None
     partial: bool
+    requests: int = 0  # completions, failures included
+    arrivals: int | None = None  # open loop: arrivals scheduled in the window
+    throughput: float | None = None  # compared: qps, or (open loop) completions per arrival
+    p50_low_ms: float | None = None  # the ranges sampling alone gives p50 and p99
+    p50_high_ms: float | None = None
+    p99_low_ms: float | None = None
+    p99_high_ms: float | None = None
+    inflight: float = 0.0  # mean requests in flight (summed latency / length)
+    stable: bool = False  # one of the stable windows the figures cover
 
 
 class HistogramBucket(Document):
@@ -85,9 +103,10 @@ class HistogramBucket(Document):
 
 
 class HistogramData(Document):
-    """Successful-request latencies. `hdr_encoded` is an HdrHistogram (V2 compressed,
-    base64, microseconds) that `hdrh.histogram.HdrHistogram.decode` restores and merges;
-    `buckets` are the same data in log-spaced buckets (20 per decade), non-empty ones only."""
+    """Latencies of every measured request (failures at their time to failure).
+    `hdr_encoded` is an HdrHistogram (V2 compressed, base64, microseconds) that
+    `hdrh.histogram.HdrHistogram.decode` restores and merges; `buckets` are the same data in
+    log-spaced buckets (20 per decade), non-empty ones only."""
 
     unit: Literal["us"] = "us"
     lowest_us: int
@@ -105,6 +124,23 @@ class ResourceSample(Document):
     inflight: int
 
 
+class SearchProbe(Document):
+    """One probe of a search scenario: a full measurement at one load."""
+
+    index: int  # 1-based, in the order run
+    name: str  # the probe's own scenario name (its seeds derive from it)
+    load: float  # the rate (per s) or concurrency probed
+    qps: float
+    p99_ms: float | None
+    error_rate: float
+    valid: bool
+    stable: bool
+    passed: bool
+    reason: str  # why it passed or failed
+    duration_s: float  # its measurement interval
+    elapsed_s: float  # warm-up, measurement and drain: what the probe cost
+
+
 class ScenarioResult(Document):
     name: str
     status: Literal["complete", "incomplete"]
@@ -120,20 +156,22 @@ class ScenarioResult(Document):
     finished_at: datetime
     warmup_requests: int
     warmup_duration_s: float
-    duration_s: float  # the measurement interval
+    # the interval the figures cover: from figures_from_s (the first stable window) to the
+    # end of the measurement, which began figures_from_s earlier
+    duration_s: float
     drain_s: float  # waiting for requests in flight after the interval
     stop_reason: StopReason
-    trials: int
+    trials: int  # stability checks made
 
     # validity
     valid: bool
     stable: bool
     stability_reason: str
-    qps_spread: float | None
-    p99_spread: float | None
+    qps_spread: float | None  # max/min - 1 over the checked windows (open loop: per arrival)
+    p99_spread: float | None  # max/min - 1 over the checked windows
     flags: list[ValidityFlag]
 
-    # request accounting: requests whose (scheduled) start fell in the measurement interval
+    # request accounting: requests whose (scheduled) start fell in the figures' interval
     requests_sent: int
     requests_ok: int
     requests_failed: int
@@ -142,15 +180,17 @@ class ScenarioResult(Document):
     errors: dict[str, int]  # kind -> count: http_<status>, timeout, connection, bad_body, other
     error_samples: dict[str, str]  # kind -> first message
 
-    # throughput: successful completions inside the measurement interval / duration_s
+    # throughput: successful completions inside the figures' interval / duration_s
     qps: float
     texts_per_s: float
-    tokens_per_s: float  # client-side token counts (see definition.token_counter)
+    tokens_per_s: float  # the server's token counts when it reports them, else the client's
     server_tokens_per_s: float | None  # from the server's usage.prompt_tokens
     target_rate: float | None  # open loop: the configured arrival rate
     send_rate: float  # requests started per second of the interval (open loop: offered load)
 
-    # latency of successful requests, ms (open loop: from the scheduled send time)
+    # latency of every measured request, ms (open loop: from the scheduled send time): a
+    # failure counts at its time to failure, a timeout at the timeout. A percentile that the
+    # count cannot bound (see percentile_notes) is null.
     latency_count: int
     min_ms: float | None
     max_ms: float | None
@@ -205,6 +245,62 @@ class ScenarioResult(Document):
     resource_samples: list[ResourceSample]
     # /metrics after minus before the scenario (warm-up included), numeric samples only
     server_metrics_delta: dict[str, float] = Field(default_factory=dict)
+
+    # stability windows: their length, how many the figures cover (0: never stable, the
+    # figures then cover the whole measurement), where the figures begin in the measurement
+    window_s: float | None = None
+    stable_windows: int = 0
+    figures_from_s: float = 0.0
+
+    # latency of successful requests only, ms
+    success_count: int = 0
+    success_p50_ms: float | None = None
+    success_p90_ms: float | None = None
+    success_p95_ms: float | None = None
+    success_p99_ms: float | None = None
+    success_p999_ms: float | None = None
+
+    # distribution-free intervals at `confidence` (order statistics: ranks from the binomial)
+    confidence: float = 0.95
+    p50_ci_low_ms: float | None = None
+    p50_ci_high_ms: float | None = None
+    p90_ci_low_ms: float | None = None
+    p90_ci_high_ms: float | None = None
+    p95_ci_low_ms: float | None = None
+    p95_ci_high_ms: float | None = None
+    p99_ci_low_ms: float | None = None
+    p99_ci_high_ms: float | None = None
+    p999_ci_low_ms: float | None = None
+    p999_ci_high_ms: float | None = None
+    # why a percentile is null, e.g. {"p999": "needs at least 3688 requests for a 95%
+    # interval; 512 measured"}
+    percentile_notes: dict[str, str] = Field(default_factory=dict)
+    # throughput across the stable windows (batch means, Student t)
+    qps_ci_low: float | None = None
+    qps_ci_high: float | None = None
+
+    # open loop: arrivals due in the figures' interval, and those of them never sent
+    requests_scheduled: int | None = None
+    requests_dropped: int | None = None
+    # the client's own event loop: how late a fixed sleep woke (both modes)
+    loop_lag_p99_ms: float | None = None
+    loop_lag_max_ms: float | None = None
+
+    # SLO (params.slo_p99_ms): requests that succeeded within it, per second; met when p99
+    # <= the SLO and the error rate < 1%
+    slo_p99_ms: float | None = None
+    goodput_per_s: float | None = None
+    slo_met: bool | None = None
+    client_tokens_per_s: float | None = None  # from the client's own token counts
+
+    # search scenarios (params.search): the figures above are those of the highest probe
+    # that met the SLO (of the lowest probe, flagged search_none_passed, when none did);
+    # started_at/finished_at span the whole search
+    search_over: Literal["rate", "concurrency"] | None = None
+    peak_load: float | None = None  # the highest rate or concurrency that met the SLO
+    peak_qps: float | None = None  # QPS measured at peak_load
+    search_probes: list[SearchProbe] = Field(default_factory=list)
+    search_reason: str | None = None
 
 
 class EnvironmentFingerprint(Document):
@@ -261,6 +357,38 @@ class ClientInfo(Document):
     event_loop: str
 
 
+class ProbeScores(Document):
+    """One run of the host probe (`python -m server.probe`) on the server's cores: each score
+    the best of a few timed samples of fixed work; higher is faster."""
+
+    at: datetime  # when the probe started
+    compute_gflops: float = Field(gt=0)  # float32 matrix products on every usable core
+    memory_gb_per_s: float = Field(gt=0)  # a large array copy, bytes read + written
+    single_thread_score: float = Field(gt=0)  # iterations/s of a fixed pure-Python loop
+    seconds: float  # the probe's wall time
+    cpus: int | None = None  # the cores it used (affinity capped by a CPU quota)
+
+
+class HostProbe(Document):
+    """The host probe before and after the scenarios. `drift` is the largest
+    |after / before - 1| of the three scores (None unless both ran)."""
+
+    cpuset: str | None  # the server's cpuset the probe ran on (None: unpinned)
+    before: ProbeScores | None
+    after: ProbeScores | None
+    drift: float | None
+
+
+PROBE_SCORES = ("compute_gflops", "memory_gb_per_s", "single_thread_score")
+
+
+def probe_drift(before: ProbeScores | None, after: ProbeScores | None) -> float | None:
+    """The largest |after / before - 1| across the three scores; None without both."""
+    if before is None or after is None:
+        return None
+    return max(abs(getattr(after, s) / getattr(before, s) - 1) for s in PROBE_SCORES)
+
+
 class RunResult(Document):
     schema_version: str = SCHEMA_VERSION
     kind: Literal["embench.client.result"] = "embench.client.result"
@@ -277,6 +405,8 @@ class RunResult(Document):
     stability: StabilityParams
     scenarios: list[ScenarioResult]
     notes: list[str] = Field(default_factory=list)
+    # the host probe around the scenarios (the benchmark pipeline adds it; None: not run)
+    host_probe: HostProbe | None = None
 
     @field_validator("schema_version")
     @classmethod

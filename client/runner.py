@@ -28,6 +28,7 @@ from client.result import (
     ClientInfo,
     RunMetadata,
     RunResult,
+    ScenarioResult,
     comparability_key,
     stable_hash,
     write_atomic,
@@ -36,11 +37,13 @@ from client.scenario import (
     ENDPOINT_PATHS,
     ClientOptions,
     RunLabels,
+    ScenarioDefinition,
     ScenarioParams,
     StabilityParams,
     WarmupParams,
     definition_of,
 )
+from client.search import run_search
 from client.summary import summarize
 from client.target import (
     ServerUnreachable,
@@ -212,11 +215,9 @@ async def _run(req: RunRequest, interrupt: asyncio.Event, reporter: Reporter) ->
         write_atomic(req.out, result)
 
         url = join_url(req.url, ENDPOINT_PATHS[options.endpoint])
-        status_reason: str | None = None
-        status = "complete"
-        for index, params in enumerate(req.scenarios, start=1):
-            if interrupt.is_set():
-                break
+
+        def keys_of(params: ScenarioParams) -> tuple[ScenarioDefinition, str]:
+            """The scenario's definition and its history (comparability) key."""
             definition = definition_of(params, options, corpus.sha256, counter.name)
             key = comparability_key(
                 metadata.model,
@@ -226,6 +227,12 @@ async def _run(req: RunRequest, interrupt: asyncio.Event, reporter: Reporter) ->
                 metadata.server_config_key,
                 env.hardware_key,
             )
+            return definition, key
+
+        async def measure(params: ScenarioParams, index: int) -> tuple[ScenarioResult, bool]:
+            """One measurement at one load (a scenario, or one probe of a search): its result
+            and whether it was interrupted."""
+            definition, key = keys_of(params)
             metrics_before = await fetch_metrics(control, req.url)
             limit = params.concurrency if params.mode == "closed" else options.max_connections
             connector = aiohttp.TCPConnector(limit=limit or 1, limit_per_host=0)
@@ -262,11 +269,45 @@ async def _run(req: RunRequest, interrupt: asyncio.Event, reporter: Reporter) ->
                 resource_source=sampler.source if sampler else None,
                 metrics_delta=metrics_delta(metrics_before, metrics_after),
             )
+            return scenario, raw.interrupted
+
+        async def settle() -> bool:
+            """Between two probes of a search: the server answers again (False: interrupted)."""
+            try:
+                await _race(wait_ready(control, req.url, min(req.wait_timeout_s, 10)), interrupt)
+            except Interrupted:
+                return False
+            return True
+
+        status_reason: str | None = None
+        status = "complete"
+        for index, params in enumerate(req.scenarios, start=1):
+            if interrupt.is_set():
+                break
+            if params.search is None:
+                scenario, interrupted = await measure(params, index)
+            else:
+
+                async def probe(p: ScenarioParams, index: int = index) -> ScenarioResult:
+                    probe_result, _ = await measure(p, index)
+                    reporter.scenario_finished(probe_result)
+                    return probe_result
+
+                definition, key = keys_of(params)
+                try:
+                    scenario = await run_search(
+                        params, definition, key, probe, settle, reporter.message
+                    )
+                except ServerUnreachable as exc:
+                    status, status_reason = "failed", f"server went away in {params.name}: {exc}"
+                    reporter.message(f"error: {status_reason}")
+                    break
+                interrupted = scenario.status == "incomplete"
             result.scenarios.append(scenario)
             result.status_reason = f"running: {index} of {len(req.scenarios)} scenarios done"
             write_atomic(req.out, result)
             reporter.scenario_finished(scenario)
-            if raw.interrupted:
+            if interrupted:
                 break
             if index < len(req.scenarios) and not interrupt.is_set():
                 try:

@@ -84,24 +84,70 @@ class WarmupParams(ParamsModel):
 
 
 class StabilityParams(ParamsModel):
-    """perf_analyzer-style stability: the measurement is cut into windows of `window_s`; it is
-    stable when QPS and p99 of each of the last `windows` full windows lie within `tolerance`
-    (relative) of their mean. With `extend_until_stable`, an unstable measurement is extended
-    by `windows` more windows at a time, up to `max_trials` trials in all (the first
-    measurement is trial 1), never past max_duration_s."""
+    """perf_analyzer-style stability that gates (client.stats.stability). The measurement is
+    cut into windows of max(`window_s`, `window_requests` / the throughput seen in warm-up -
+    open loop: the rate) seconds. Once min_duration_s and min_requests are met, every window
+    boundary is a check (a trial): stable when the last `windows` windows agree within
+    `tolerance` (max/min - 1) on throughput (open loop: completions per scheduled arrival) and
+    on p99 and p50 (beyond each window's own sampling range). Not stable: with
+    `extend_until_stable` one more window, up to `max_trials` checks, never past
+    max_duration_s. The figures are those of the stable windows; a scenario that never
+    stabilises is invalid.
+
+    Defaults, measured on simulated steady runs of the nightly scenarios (a queueing server
+    with 1% hiccups at its p99): 0 of 400 runs per scenario falsely unstable, a slowdown to
+    40% of the speed for one window caught in 10 of 10. 135 requests a window let the figures
+    of the minimal 3 stable windows bound p99 (a 95% order-statistic interval needs 368
+    requests), with a margin for a throughput below the warm-up's; 10 checks give a run that
+    settles late its chance."""
 
     window_s: PositiveFloat = 2.0
+    window_requests: PositiveInt = 135
     windows: Annotated[int, Field(ge=2)] = 3
     tolerance: Annotated[float, Field(gt=0, lt=1)] = 0.10
-    extend_until_stable: bool = False
-    max_trials: PositiveInt = 3
+    extend_until_stable: bool = True
+    max_trials: PositiveInt = 10
+
+
+SearchOver = Literal["rate", "concurrency"]
+
+
+class SearchParams(ParamsModel):
+    """Peak throughput under a latency SLO (client.search): the highest open-loop `rate`, or
+    closed-loop `concurrency`, in [low, high] at which p99 (over all requests) is at most
+    `slo_p99_ms` and the error rate below `max_error_rate`. Bisection (geometric midpoints;
+    whole numbers for concurrency) stops once the bracket's relative width high/low - 1 is at
+    most `precision`, or after `max_probes` probes in all; each probe is a full measurement
+    with the scenario's own warm-up, durations and stability rules."""
+
+    over: SearchOver
+    slo_p99_ms: PositiveFloat
+    max_error_rate: Annotated[float, Field(gt=0, le=1)] = 0.01
+    low: PositiveFloat
+    high: PositiveFloat
+    precision: Annotated[float, Field(gt=0, le=1)] = 0.05
+    # the two bounds are always probed, so at least 2
+    max_probes: Annotated[int, Field(ge=2, le=64)] = 8
+
+    @model_validator(mode="after")
+    def _bounds(self) -> SearchParams:
+        if self.low >= self.high:
+            raise ValueError(f"search.low ({self.low:g}) must be below search.high ({self.high:g})")
+        if self.over == "concurrency" and not (self.low.is_integer() and self.high.is_integer()):
+            raise ValueError(
+                f"a search over concurrency needs whole numbers for search.low and search.high "
+                f"(got {self.low:g} and {self.high:g})"
+            )
+        return self
 
 
 class ScenarioParams(ParamsModel):
     """One load scenario. Closed: `concurrency` workers, each sends its next request when the
     last is answered. Open: requests arrive at `rate` per second (Poisson or constant, seeded)
     whether or not the server keeps up. Measurement runs until BOTH min_requests and
-    min_duration_s are met, and stops at max_duration_s."""
+    min_duration_s are met, and stops at max_duration_s. With `search`, the rate (open) or
+    concurrency (closed) is left out and searched instead; every probe of the search is
+    measured with these parameters."""
 
     name: Identifier
     mode: Mode
@@ -113,16 +159,48 @@ class ScenarioParams(ParamsModel):
     max_duration_s: PositiveFloat = 120.0
     texts_per_request: Annotated[int, Field(gt=0, le=2048)] = 1
     length_bucket: LengthBucket = "short"
+    # a latency SLO: the result gains goodput (requests that met it, per second) and slo_met
+    slo_p99_ms: PositiveFloat | None = None
+    # a search scenario: the peak load under an SLO (its rate or concurrency is searched)
+    search: SearchParams | None = None
+
+    def _searches(self, over: SearchOver) -> bool:
+        return self.search is not None and self.search.over == over
+
+    # before _mode_parameters, so that a search in the wrong mode is named as such
+    @model_validator(mode="after")
+    def _search_parameters(self) -> ScenarioParams:
+        if self.search is None:
+            return self
+        over = self.search.over
+        needed: Mode = "open" if over == "rate" else "closed"
+        if self.mode != needed:
+            other = "concurrency" if over == "rate" else "rate"
+            raise ValueError(
+                f"search.over={over} needs mode: {needed} (a {self.mode}-loop scenario "
+                f"searches over {other})"
+            )
+        if getattr(self, over) is not None:
+            raise ValueError(
+                f"'{over}' is what the search finds (between search.low and search.high); "
+                "leave it out"
+            )
+        if self.slo_p99_ms is not None and self.slo_p99_ms != self.search.slo_p99_ms:
+            raise ValueError(
+                f"slo_p99_ms ({self.slo_p99_ms:g}) differs from search.slo_p99_ms "
+                f"({self.search.slo_p99_ms:g}); give the SLO once, in search"
+            )
+        return self
 
     @model_validator(mode="after")
     def _mode_parameters(self) -> ScenarioParams:
         if self.mode == "closed":
-            if self.concurrency is None:
+            if self.concurrency is None and not self._searches("concurrency"):
                 raise ValueError("a closed-loop scenario needs 'concurrency'")
             if self.rate is not None:
                 raise ValueError("'rate' applies to open-loop scenarios only (mode: open)")
         else:
-            if self.rate is None:
+            if self.rate is None and not self._searches("rate"):
                 raise ValueError("an open-loop scenario needs 'rate' (requests per second)")
         if self.max_duration_s < self.min_duration_s:
             raise ValueError(
@@ -153,6 +231,14 @@ class ClientOptions(ParamsModel):
     client_saturation_pct: Annotated[float, Field(gt=0, le=100)] = 90.0
     # open loop: p99 of schedule lag above this (ms) is flagged
     max_schedule_lag_ms: PositiveFloat = 10.0
+    # open loop, LoadGen's rule: a p99 schedule lag beyond this, or any arrival scheduled in
+    # the measurement but never sent, makes the scenario invalid (the load was not the load
+    # asked for); it is also how long the last due arrivals get to go out at the end
+    schedule_lag_limit_ms: PositiveFloat = 100.0
+    # the client's own event loop: a monitor sleeps this interval and records how late it
+    # wakes; a p99 of that lag above max_loop_lag_ms flags the client saturated
+    loop_lag_interval_ms: PositiveFloat = 10.0
+    max_loop_lag_ms: PositiveFloat = 10.0
     tokenizer: str | None = None  # optional tokenizer.json for exact token counts
 
     @model_validator(mode="after")
@@ -195,6 +281,23 @@ class ScenarioFile(ParamsModel):
         return self
 
 
+class SearchDefinition(BaseModel):
+    """What a search's result means: the peak `over` at which p99 <= slo_p99_ms and errors
+    < max_error_rate, to within `precision`. The precision belongs here: the reported peak
+    is the highest load that passed, so it lies below the true peak by up to the final
+    bracket's width (about precision/2 on average) - two precisions are two estimators with
+    different biases. low, high and max_probes are left out: they bound and budget the search
+    (a peak outside [low, high], or a search cut short by max_probes, is flagged on the
+    result), they do not change what is estimated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    over: SearchOver
+    slo_p99_ms: float
+    max_error_rate: float
+    precision: float
+
+
 class ScenarioDefinition(BaseModel):
     """The comparability-relevant definition of a scenario: two results whose definitions are
     equal measured the same thing (durations, seeds and request counts change the noise, not
@@ -214,9 +317,13 @@ class ScenarioDefinition(BaseModel):
     repeat_pool: int | None
     corpus_sha256: str
     token_counter: str
+    search: SearchDefinition | None = None
 
     def key(self) -> str:
-        doc = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        fields = self.model_dump(mode="json")
+        if fields["search"] is None:
+            del fields["search"]  # a plain scenario keeps the key it had before searches
+        doc = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(doc.encode()).hexdigest()
 
 
@@ -236,6 +343,16 @@ def definition_of(
         repeat_pool=options.repeat_pool if options.text_mode == "repeat" else None,
         corpus_sha256=corpus_sha256,
         token_counter=token_counter,
+        search=(
+            SearchDefinition(
+                over=params.search.over,
+                slo_p99_ms=params.search.slo_p99_ms,
+                max_error_rate=params.search.max_error_rate,
+                precision=params.search.precision,
+            )
+            if params.search is not None
+            else None
+        ),
     )
 
 
@@ -249,6 +366,8 @@ class ScenarioSpecError(ValueError):
 def _auto_name(fields: dict[str, str]) -> str:
     mode = fields.get("mode", "x")
     load = f"c{fields.get('concurrency', '')}" if mode == "closed" else f"r{fields.get('rate', '')}"
+    if "search.over" in fields:
+        load = f"search-{fields['search.over']}-slo{fields.get('search.slo_p99_ms', '')}ms"
     parts = [mode, load.replace(".", "_")]
     if mode == "open" and fields.get("arrival", "poisson") != "poisson":
         parts.append(fields["arrival"])
@@ -261,7 +380,10 @@ def _auto_name(fields: dict[str, str]) -> str:
 def parse_scenario_spec(spec: str, defaults: dict[str, Any] | None = None) -> list[ScenarioParams]:
     """`mode=closed,concurrency=16,texts_per_request=8` -> scenarios. A value list in
     `concurrency` or `rate` separated by '/' (`concurrency=1/4/16`) expands into a sweep, one
-    scenario per value. `name` defaults to a description such as `closed-c16-b8-short`."""
+    scenario per value. `name` defaults to a description such as `closed-c16-b8-short`.
+    `search.KEY=VALUE` sets a SearchParams field: `mode=open,search.over=rate,
+    search.slo_p99_ms=50,search.low=10,search.high=400` is a search (`open-search-rate-
+    slo50ms-short`)."""
     fields: dict[str, str] = {}
     for part in (p.strip() for p in spec.split(",")):
         if not part:
@@ -279,7 +401,21 @@ def parse_scenario_spec(spec: str, defaults: dict[str, Any] | None = None) -> li
             one[sweep_key] = value
         one.setdefault("name", _auto_name(one))
         merged: dict[str, Any] = {**(defaults or {}), **one}
-        out.append(validate_scenario(merged, label=spec))
+        out.append(validate_scenario(_nest_search(merged), label=spec))
+    return out
+
+
+def _nest_search(fields: dict[str, Any]) -> dict[str, Any]:
+    """`search.over=rate` -> {"search": {"over": "rate"}} (other dotted keys stay unknown)."""
+    out: dict[str, Any] = {}
+    search: dict[str, Any] = {}
+    for key, value in fields.items():
+        if key.startswith("search."):
+            search[key.removeprefix("search.")] = value
+        else:
+            out[key] = value
+    if search:
+        out["search"] = search
     return out
 
 

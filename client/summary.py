@@ -1,4 +1,11 @@
-"""From one scenario's raw measurement to its ScenarioResult (every statistic computed here)."""
+"""From one scenario's raw measurement to its ScenarioResult (every statistic computed here).
+
+The figures are those of the stable windows: the measurement's windows are judged again here
+(client.stats.stability, the same rule and data as the engine's last check) and the figures'
+interval starts at the first window of the stable run - latency over the requests whose
+(scheduled) start falls in [that window's start, t1), throughput over the completions in it.
+A measurement that never stabilised keeps its whole interval and is flagged invalid.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from client.loadgen import Arrays, RawMeasurement
+from client.loadgen import Arrays, RawMeasurement, measure_windows
 from client.result import (
     HistogramBucket,
     HistogramData,
@@ -23,14 +30,22 @@ from client.scenario import (
     WarmupParams,
 )
 from client.stats import (
+    CONFIDENCE,
     HDR_HIGHEST_US,
     HDR_LOWEST_US,
     HDR_SIGNIFICANT_FIGURES,
     Summary,
     histogram,
+    mean_interval,
+    nearest_rank,
+    percentiles_with_intervals,
     stability,
-    windows,
+    tail_design_effect,
+    window_length,
 )
+
+# SLO met: p99 within it and fewer errors than this (the search's default bound as well)
+SLO_MAX_ERROR_RATE = 0.01
 
 
 def _mean(values: list[float]) -> float | None:
@@ -55,14 +70,37 @@ def summarize(
 ) -> ScenarioResult:
     """`wall_at_clock_zero`: Unix time of perf_counter 0 (turns clock readings into timestamps)."""
     p = raw.params
+    sp = stability_params
     a = Arrays.of(raw.recorder)
     t0, t1 = raw.t0, raw.t1
-    duration = max(t1 - t0, 0.0)
+    measured_s = max(t1 - t0, 0.0)
+    is_open = p.mode == "open"
 
     def ts(loop_t: float) -> datetime:
         return datetime.fromtimestamp(wall_at_clock_zero, UTC) + timedelta(seconds=loop_t)
 
-    measured = (a.start >= t0) & (a.start < t1)
+    # stability: the engine's windows, judged again on the final data
+    window_s, window_note = raw.window_s, raw.window_note
+    if window_s is None:  # never sized (stopped before the minimums): size them now
+        done = int(((a.end >= t0) & (a.end < t1)).sum())
+        window_s, window_note = window_length(
+            sp.window_s,
+            sp.window_requests,
+            done / measured_s if measured_s > 0 else None,
+            sp.windows,
+            p.max_duration_s,
+        )
+    series = (
+        measure_windows(a, t0, t1, window_s, raw.schedule) if measured_s > 0 and t0 < t1 else []
+    )
+    stab = stability(series, sp.windows, sp.tolerance)
+    first = stab.first if stab.stable and stab.first is not None else 0
+    figures_from = series[first].start_s if stab.stable and series else 0.0
+    tf = t0 + figures_from
+    duration = max(t1 - tf, 0.0)
+    stable_ids = {w.index for w in series[first:] if not w.partial} if stab.stable else set()
+
+    measured = (a.start >= tf) & (a.start < t1)
     ok_m = measured & a.ok
     failed_m = measured & ~a.ok
     n_sent = int(measured.sum()) + raw.cancelled
@@ -71,30 +109,51 @@ def summarize(
     finished = n_ok + n_failed
     error_rate = n_failed / finished if finished else 0.0
 
-    latency = (a.end[ok_m] - a.start[ok_m]) * 1e3
-    lat = Summary.of(latency)
-    is_open = p.mode == "open"
+    # latency of every measured request: failures at their time to failure
+    latency_all = (a.end[measured] - a.start[measured]) * 1e3
+    latency_ok = (a.end[ok_m] - a.start[ok_m]) * 1e3
+    lat = Summary.of(latency_all)
+    # requests that share one fate (a batch, a queue) tell less than independent ones
+    design = tail_design_effect(a.start[measured], latency_all)
+    pct = percentiles_with_intervals(latency_all, CONFIDENCE, design)
+    pct_ok = percentiles_with_intervals(latency_ok, CONFIDENCE, design)
+    notes = {k: v.note for k, v in pct.items() if v.note}
+    notes.update({f"success_{k}": v.note for k, v in pct_ok.items() if v.note and not pct[k].note})
     service = Summary.of((a.end[ok_m] - a.sent[ok_m]) * 1e3) if is_open else None
     lag = Summary.of((a.sent[measured] - a.start[measured]) * 1e3) if is_open else None
 
-    # throughput: successful completions inside the interval
-    in_interval = a.ok & (a.end >= t0) & (a.end < t1)
+    # throughput: successful completions inside the figures' interval
+    in_interval = a.ok & (a.end >= tf) & (a.end < t1)
     per_s = (lambda x: float(x) / duration) if duration > 0 else (lambda x: 0.0)
     server_tok = a.server_tokens[in_interval]
     server_tokens_per_s = (
         per_s(np.nansum(server_tok)) if server_tok.size and not np.isnan(server_tok).all() else None
     )
+    client_tokens_per_s = per_s(a.n_tokens[in_interval].sum())
+    every_count = server_tok.size > 0 and not np.isnan(server_tok).any()
+    # the server's own counts when every answer carried them (no mix of two tokenizers)
+    tokens_per_s = server_tokens_per_s if every_count and server_tokens_per_s else None
+    checked = [w for w in series if w.index in stable_ids] or [w for w in series if not w.partial]
+    qps_ci = mean_interval([w.qps for w in checked])
 
-    # windows over completions inside the interval
-    done = (a.end >= t0) & (a.end < t1)
-    series = windows(
-        a.end[done] - t0,
-        (a.end[done] - a.start[done]) * 1e3,
-        a.ok[done],
-        duration,
-        stability_params.window_s,
-    )
-    stab = stability(series, stability_params.windows, stability_params.tolerance)
+    # open loop: arrivals due in the interval, and those never sent
+    scheduled = dropped = None
+    if is_open and raw.schedule is not None:
+        scheduled = int(((raw.schedule >= tf) & (raw.schedule < t1)).sum())
+        dropped = max(scheduled - n_sent, 0)
+
+    # the client's own event loop
+    lags_ms = np.asarray([lag_s for t, lag_s in raw.loop_lags if tf <= t < t1]) * 1e3
+    loop_lag_p99 = nearest_rank(np.sort(lags_ms), 99) if lags_ms.size else None
+    loop_lag_max = float(lags_ms.max()) if lags_ms.size else None
+
+    # SLO
+    slo = p.slo_p99_ms
+    goodput = slo_met = None
+    if slo is not None:
+        goodput = per_s(int((latency_ok <= slo).sum()))
+        p99 = pct["p99"].value
+        slo_met = None if p99 is None else bool(p99 <= slo and error_rate < SLO_MAX_ERROR_RATE)
 
     # server timing headers of measured successful requests
     timing_stats: dict[str, float | None] = {}
@@ -108,18 +167,20 @@ def summarize(
         timing_stats[f"server_{name}_p50_ms"] = s.p50
         timing_stats[f"server_{name}_p99_ms"] = s.p99
 
-    # resources
+    # resources (the figures' interval when it holds samples)
     samples = [
         ResourceSample(
             t_s=round(t, 3), server_cpu_pct=c, server_rss_bytes=r, client_cpu_pct=cc, inflight=i
         )
         for t, c, r, cc, i in raw.samples
     ]
-    server_cpu = [s.server_cpu_pct for s in samples if s.server_cpu_pct is not None]
-    server_rss = [float(s.server_rss_bytes) for s in samples if s.server_rss_bytes is not None]
-    client_cpu = [s.client_cpu_pct for s in samples if s.client_cpu_pct is not None]
-    inflight = [float(s.inflight) for s in samples]
-    saturated = bool(client_cpu) and max(client_cpu) >= options.client_saturation_pct
+    in_figures = [x for x in samples if x.t_s >= figures_from] or samples
+    server_cpu = [x.server_cpu_pct for x in in_figures if x.server_cpu_pct is not None]
+    server_rss = [float(x.server_rss_bytes) for x in in_figures if x.server_rss_bytes is not None]
+    client_cpu = [x.client_cpu_pct for x in in_figures if x.client_cpu_pct is not None]
+    inflight = [float(x.inflight) for x in in_figures]
+    cpu_saturated = bool(client_cpu) and max(client_cpu) >= options.client_saturation_pct
+    loop_saturated = loop_lag_p99 is not None and loop_lag_p99 > options.max_loop_lag_ms
 
     # validity
     flags: list[ValidityFlag] = []
@@ -148,22 +209,49 @@ def summarize(
             f"{finished} requests in max_duration_s={p.max_duration_s:g}, "
             f"min_requests={p.min_requests}",
         )
-    if not stab.stable:
-        flag("unstable", "warning", stab.reason)
-    if saturated:
+    stability_reason = stab.reason + (f"; {window_note}" if window_note else "")
+    if not stab.stable and not raw.interrupted:
+        checks = f"{raw.trials} check(s)" if raw.trials else "no check (too short)"
+        flag(
+            "unstable",
+            "invalid",
+            f"never stable after {checks}, stopped by {raw.stop_reason}: {stability_reason}",
+        )
+    if cpu_saturated or loop_saturated:
+        why = []
+        if cpu_saturated:
+            why.append(
+                f"its CPU reached {max(client_cpu):.0f}% of a core "
+                f"(threshold {options.client_saturation_pct:g}%)"
+            )
+        if loop_saturated:
+            why.append(
+                f"its event loop woke {loop_lag_p99:.1f} ms late at p99 "
+                f"(threshold {options.max_loop_lag_ms:g} ms)"
+            )
         flag(
             "client_saturated",
             "warning",
-            f"client CPU reached {max(client_cpu):.0f}% of a core "
-            f"(threshold {options.client_saturation_pct:g}%); the client may limit the load",
+            f"the client may limit the load or delay its timestamps: {'; '.join(why)}",
         )
-    if lag is not None and lag.p99 is not None and lag.p99 > options.max_schedule_lag_ms:
-        flag(
-            "schedule_lag",
-            "warning",
-            f"p99 schedule lag {lag.p99:.1f} ms > {options.max_schedule_lag_ms:g} ms; "
-            f"send rate {per_s(n_sent):.1f}/s for a target of {p.rate:g}/s",
-        )
+    if is_open and lag is not None:
+        lag_p99 = lag.p99 or 0.0
+        limit = options.schedule_lag_limit_ms
+        behind = f"send rate {per_s(n_sent):.1f}/s for a target of {p.rate:g}/s"
+        if dropped or lag_p99 > limit:
+            lost = f"{dropped} of {scheduled} scheduled arrivals never sent; " if dropped else ""
+            flag(
+                "schedule_lag",
+                "invalid",
+                f"the client fell behind its schedule beyond the bound: {lost}p99 schedule lag "
+                f"{lag_p99:.1f} ms (limit {limit:g} ms); {behind}",
+            )
+        elif lag_p99 > options.max_schedule_lag_ms:
+            flag(
+                "schedule_lag",
+                "warning",
+                f"p99 schedule lag {lag_p99:.1f} ms > {options.max_schedule_lag_ms:g} ms; {behind}",
+            )
     if raw.warmup_incomplete:
         flag(
             "warmup_incomplete",
@@ -179,8 +267,8 @@ def summarize(
         )
 
     hist = None
-    if latency.size:
-        h = histogram(latency)
+    if latency_all.size:
+        h = histogram(latency_all)
         hist = HistogramData(
             lowest_us=HDR_LOWEST_US,
             highest_us=HDR_HIGHEST_US,
@@ -188,6 +276,13 @@ def summarize(
             hdr_encoded=h.hdr_encoded,
             buckets=[HistogramBucket(lower_ms=lo, upper_ms=hi, count=c) for lo, hi, c in h.buckets],
         )
+
+    intervals: dict[str, float | None] = {}
+    for key, value in pct.items():
+        intervals[f"{key}_ms"] = value.value
+        intervals[f"{key}_ci_low_ms"] = value.low
+        intervals[f"{key}_ci_high_ms"] = value.high
+        intervals[f"success_{key}_ms"] = pct_ok[key].value
 
     measure_started = ts(t0) if t0 < float("inf") else None
     return ScenarioResult(
@@ -210,7 +305,7 @@ def summarize(
         trials=raw.trials,
         valid=not any(f.severity == "invalid" for f in flags),
         stable=stab.stable,
-        stability_reason=stab.reason,
+        stability_reason=stability_reason,
         qps_spread=stab.qps_spread,
         p99_spread=stab.p99_spread,
         flags=flags,
@@ -223,7 +318,8 @@ def summarize(
         error_samples={k: v for k, v in raw.recorder.error_samples.items() if k in errors},
         qps=per_s(in_interval.sum()),
         texts_per_s=per_s(a.n_texts[in_interval].sum()),
-        tokens_per_s=per_s(a.n_tokens[in_interval].sum()),
+        tokens_per_s=tokens_per_s if tokens_per_s is not None else client_tokens_per_s,
+        client_tokens_per_s=client_tokens_per_s,
         server_tokens_per_s=server_tokens_per_s,
         target_rate=p.rate if is_open else None,
         send_rate=per_s(n_sent),
@@ -232,11 +328,22 @@ def summarize(
         max_ms=lat.max,
         mean_ms=lat.mean,
         stddev_ms=lat.stddev,
-        p50_ms=lat.p50,
-        p90_ms=lat.p90,
-        p95_ms=lat.p95,
-        p99_ms=lat.p99,
-        p999_ms=lat.p999,
+        **intervals,
+        success_count=int(latency_ok.size),
+        confidence=CONFIDENCE,
+        percentile_notes=notes,
+        qps_ci_low=qps_ci[0] if qps_ci else None,
+        qps_ci_high=qps_ci[1] if qps_ci else None,
+        window_s=window_s,
+        stable_windows=len(stable_ids),
+        figures_from_s=figures_from,
+        requests_scheduled=scheduled,
+        requests_dropped=dropped,
+        loop_lag_p99_ms=loop_lag_p99,
+        loop_lag_max_ms=loop_lag_max,
+        slo_p99_ms=slo,
+        goodput_per_s=goodput,
+        slo_met=slo_met,
         service_p50_ms=service.p50 if service else None,
         service_p99_ms=service.p99 if service else None,
         service_max_ms=service.max if service else None,
@@ -255,8 +362,8 @@ def summarize(
         server_rss_bytes_max=int(max(server_rss)) if server_rss else None,
         client_cpu_pct_mean=_mean(client_cpu),
         client_cpu_pct_max=_max(client_cpu),
-        client_saturated=saturated,
-        windows=[WindowResult(**w.__dict__) for w in series],
+        client_saturated=cpu_saturated or loop_saturated,
+        windows=[WindowResult(**w.__dict__, stable=w.index in stable_ids) for w in series],
         histogram=hist,
         resource_samples=samples,
         server_metrics_delta=metrics_delta,

@@ -4,12 +4,17 @@ Texts are contiguous word spans of client/data/corpus.txt.gz (prose from the Pyt
 library's docstrings, PSF license; made by scripts/make_corpus.py), cut at a seeded random
 start and ended once the span reaches the length bucket's target token count.
 
-Token counts are an APPROXIMATION unless a tokenizer.json is given: each whitespace word is
-split into letter runs, digits and punctuation marks; a letter run counts 1 + (len-1)//7
-tokens, every digit or mark 1. On this corpus that is within about 2% of the BERT WordPiece
-tokenizer of all-MiniLM-L6-v2 on average (5th-95th percentile of the per-text ratio: 0.88 to
-1.13 for 32-token texts, 0.93 to 1.04 for 512-token texts). The counter in use is recorded
-in every result (`token_counter`).
+With the model's tokenizer.json (the pipeline always passes the prepared model's), lengths
+are EXACT: every distinct word of the corpus is tokenized once (without special tokens), and
+spans are cut on the prefix sums of those counts. For tokenizers that split on whitespace
+before their subword model (BERT WordPiece, MPNet) a text's count is the sum of its words'
+counts, so a span holds exactly what the bucket asks for; each text is also counted whole,
+and that count is what a request reports.
+
+Without one, token counts are an APPROXIMATION: each whitespace word is split into letter
+runs, digits and punctuation marks; a letter run counts 1 + (len-1)//7 tokens, every digit or
+mark 1 (on this corpus 0.88-1.13 of MiniLM's WordPiece count per 32-token text). The counter
+in use is recorded in every result (`token_counter`) and is part of the scenario definition.
 
 By default every text of a run is unique (a server-side cache cannot flatter the result); a
 repeat mode cycles a small pool of requests, for testing caches.
@@ -20,13 +25,15 @@ from __future__ import annotations
 import bisect
 import gzip
 import hashlib
+import itertools
 import json
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from client.scenario import LENGTH_BUCKET_TOKENS, ClientOptions, ScenarioParams
 
@@ -64,7 +71,7 @@ def approx_tokens(text: str) -> int:
 @dataclass(frozen=True)
 class Corpus:
     words: list[str]
-    cum: list[int]  # cum[i] = approximate tokens of words[:i]
+    cum: list[int]  # cum[i] = tokens of words[:i] (by the counter the prefix sums came from)
     sha256: str
     path: str
 
@@ -77,9 +84,21 @@ class Corpus:
         return bisect.bisect_right(self.cum, self.cum[-1] - target_tokens) - 1
 
     def span(self, start: int, target_tokens: int) -> tuple[int, int]:
-        """The shortest span from `start` with at least `target_tokens` approximate tokens."""
+        """The shortest span from `start` with at least `target_tokens` tokens."""
         end = bisect.bisect_left(self.cum, self.cum[start] + target_tokens, lo=start + 1)
         return start, min(end, len(self.words))
+
+    def counted_by(self, word_tokens: Callable[[list[str]], list[int]]) -> Corpus:
+        """The words with prefix sums from another counter (each distinct word counted once);
+        words that counter makes long are left out, as load_corpus does by its own count."""
+        distinct = sorted(set(self.words))
+        per_word = dict(zip(distinct, word_tokens(distinct), strict=True))
+        words = [w for w in self.words if per_word[w] <= MAX_WORD_TOKENS]
+        return Corpus(words, _prefix_sums(per_word[w] for w in words), self.sha256, self.path)
+
+
+def _prefix_sums(counts: Iterable[int]) -> list[int]:
+    return [0, *itertools.accumulate(counts)]
 
 
 @lru_cache(maxsize=4)
@@ -96,17 +115,19 @@ def load_corpus(path: str | None = None) -> Corpus:
     ]
     if len(words) < 10_000:
         raise ValueError(f"corpus {file} has only {len(words)} words")
-    cum = [0]
-    for w in words:
-        cum.append(cum[-1] + approx_word_tokens(w))
-    return Corpus(words, cum, hashlib.sha256(raw).hexdigest(), str(file))
+    return Corpus(
+        words,
+        _prefix_sums(approx_word_tokens(w) for w in words),
+        hashlib.sha256(raw).hexdigest(),
+        str(file),
+    )
 
 
 class TokenCounter:
     """Approximate by default; exact with a tokenizer.json (needs the `tokenizers` package)."""
 
     def __init__(self, tokenizer_json: str | None = None) -> None:
-        self._encode: Callable[[str], int] | None = None
+        self._tokenizer: Any = None
         self.name = APPROX_COUNTER
         if tokenizer_json:
             try:
@@ -116,19 +137,34 @@ class TokenCounter:
             path = Path(tokenizer_json)
             if not path.is_file():
                 raise ValueError(f"tokenizer file not found: {path}")
-            tok = Tokenizer.from_file(str(path))
+            try:
+                tok = Tokenizer.from_file(str(path))
+            except Exception as exc:  # the library raises a bare Exception on a bad file
+                raise ValueError(f"tokenizer file {path} cannot be read: {exc}") from None
             tok.no_padding()
             tok.no_truncation()
-            self._encode = lambda t: len(tok.encode(t, add_special_tokens=False).ids)
+            self._tokenizer = tok
             digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
             self.name = f"tokenizer-json:{digest}"
 
     @property
     def exact(self) -> bool:
-        return self._encode is not None
+        return self._tokenizer is not None
 
     def count(self, text: str) -> int:
-        return self._encode(text) if self._encode else approx_tokens(text)
+        if self._tokenizer is None:
+            return approx_tokens(text)
+        return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def count_words(self, words: list[str]) -> list[int]:
+        if self._tokenizer is None:
+            return [approx_word_tokens(w) for w in words]
+        encoded = self._tokenizer.encode_batch(words, add_special_tokens=False)
+        return [len(e.ids) for e in encoded]
+
+    def corpus(self, corpus: Corpus) -> Corpus:
+        """The corpus with prefix sums by this counter (cut spans to exact lengths)."""
+        return corpus.counted_by(self.count_words) if self.exact else corpus
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +178,7 @@ class TextSource:
     """Unique texts for a whole run: one seen-set shared by all scenarios and warm-ups."""
 
     def __init__(self, corpus: Corpus, counter: TokenCounter) -> None:
-        self.corpus = corpus
+        self.corpus = counter.corpus(corpus)
         self.counter = counter
         self._seen: set[int] = set()
 
@@ -151,20 +187,22 @@ class TextSource:
         for attempt in range(12):
             if attempt == 0:
                 s, e = c.span(rng.randrange(c.max_start(target_tokens)), target_tokens)
-                text = " ".join(c.words[s:e])
-                approx = c.cum[e] - c.cum[s]
+                words = c.words[s:e]
+                counted = c.cum[e] - c.cum[s]
             else:  # a collision: join two half-length spans (about n_words^2 combinations)
                 half = max(1, target_tokens // 2)
                 s1, e1 = c.span(rng.randrange(c.max_start(half)), half)
                 rest = target_tokens - half
                 s2, e2 = c.span(rng.randrange(c.max_start(rest)), rest)
-                text = " ".join(c.words[s1:e1] + c.words[s2:e2])
-                approx = c.cum[e1] - c.cum[s1] + c.cum[e2] - c.cum[s2]
+                words = c.words[s1:e1] + c.words[s2:e2]
+                counted = c.cum[e1] - c.cum[s1] + c.cum[e2] - c.cum[s2]
+            text = " ".join(words)
             key = hash(text)
             if key not in self._seen:
                 self._seen.add(key)
-                # a span's approximate count is known from the corpus' prefix sums
-                return text, self.counter.count(text) if self.counter.exact else approx
+                # exact: the whole text's own count (what the server sees); approximate: the
+                # prefix sums already hold it
+                return text, self.counter.count(text) if self.counter.exact else counted
         raise RuntimeError("could not draw a unique text (corpus exhausted)")  # pragma: no cover
 
     @property

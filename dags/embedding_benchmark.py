@@ -8,8 +8,8 @@ judge them against their history. The host is provisioned first and released las
     plan -> provision_host (setup)
          -> benchmark[model x variant x repetition]:
               prepare_model -> ship_to_host -> start_server (setup) -> run_benchmark
-                            -> stop_server (teardown) -> store_results -> detect_regressions
-         -> release_host (teardown) -> report
+                            -> stop_server (teardown) -> store_results
+         -> release_host (teardown) -> detect_regressions (repetitions pooled) -> report
 
 Trigger it from the UI with the form (models, variants, scenarios, repetitions, provisioner,
 launcher, fail on regression) or let it run nightly. Settings: config/benchmark.yaml.
@@ -155,12 +155,6 @@ def embedding_benchmark() -> None:
         def store_results(result_path: str) -> dict[str, Any]:
             return steps.store_result(result_path, CONFIG)
 
-        @task(execution_timeout=timedelta(minutes=5), **RETRY)
-        def detect_regressions(
-            stored: dict[str, Any], params: dict[str, Any] | None = None
-        ) -> list[dict[str, Any]]:
-            return steps.detect_regressions(stored, params or {}, CONFIG)
-
         prepared = prepare_model(target)
         shipped = ship_to_host(prepared, host)
         server = start_server(prepared, host)
@@ -170,14 +164,20 @@ def embedding_benchmark() -> None:
         result >> stopped
         stored = store_results(result)
         stopped >> stored
-        return detect_regressions(stored)
+        return stored
+
+    # Once for the whole run: repetitions of a target are one night, judged together; what
+    # was stored is judged even when some groups failed.
+    @task(trigger_rule="all_done", execution_timeout=timedelta(minutes=5), **RETRY)
+    def detect_regressions(params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        return steps.detect_regressions(ctx(), params or {}, CONFIG)
 
     @task(trigger_rule="all_done", execution_timeout=timedelta(minutes=5))
     def report() -> str:
         return steps.report(ctx())
 
     groups = benchmark.expand(target=plan())
-    host >> groups >> release_host(host) >> report()
+    host >> groups >> release_host(host) >> detect_regressions() >> report()
 
 
 embedding_benchmark()

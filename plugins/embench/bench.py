@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from client.scenario import RunLabels, ScenarioFile, ScenarioParams, StabilityParams, WarmupParams
+from client.scenario import (
+    ClientOptions,
+    RunLabels,
+    ScenarioFile,
+    ScenarioParams,
+    StabilityParams,
+    WarmupParams,
+)
 from embench.config import AppConfig
 from embench.errors import ConfigError
 
@@ -26,13 +33,19 @@ def select_scenarios(config: AppConfig, names: list[str] | None) -> list[Scenari
 
 
 def scenario_file(
-    config: AppConfig, names: list[str] | None = None, labels: RunLabels | None = None
+    config: AppConfig,
+    names: list[str] | None = None,
+    labels: RunLabels | None = None,
+    tokenizer: str | None = None,
 ) -> ScenarioFile:
+    """`tokenizer`: the model's tokenizer.json, for exact text lengths (a path relative to
+    the scenario file travels with it to a client elsewhere)."""
     bench = config.benchmark
     return ScenarioFile(
         scenarios=select_scenarios(config, names),
         warmup=WarmupParams.model_validate(bench.warmup.model_dump()),
         stability=StabilityParams.model_validate(bench.stability.model_dump()),
+        options=ClientOptions(tokenizer=tokenizer) if tokenizer else None,
         metadata=labels,
     )
 

@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from embench.store.detect import resolve_run, stored_verdicts
+from embench.store.detect import INTERVALS, resolve_run, stored_verdicts
 from embench.store.models import Environment, ModelArtifact, Run, ScenarioRow
 from embench.store.queries import COMPARISON_METRICS, dag_run_ingest_keys, runs_comparison
 
@@ -50,6 +50,22 @@ def cell(key: str, value: Any) -> str:
     return str(value)
 
 
+def figure(row: dict[str, Any], key: str) -> str:
+    """A figure with its interval when it has one ("152.3 [148.1-156.0]"); a percentile
+    its sample count cannot support reads "n/a" (the notes say what it needs)."""
+    value = row.get(key)
+    if value is None and key.removesuffix("_ms") in (row.get("percentile_notes") or {}):
+        return "n/a"
+    text = cell(key, value)
+    bounds = OWN_INTERVALS.get(key)
+    if value is None or bounds is None:
+        return text
+    low, high = row.get(bounds[0]), row.get(bounds[1])
+    if low is None or high is None:
+        return text
+    return f"{text} [{cell(key, low)}-{cell(key, high)}]"
+
+
 def _marked(text: str, status: str | None) -> str:
     return f"**{text}** ({status})" if status in ("regressed", "improved") else text
 
@@ -77,9 +93,12 @@ def markdown(
         lines.append("|" + "---|" * len(COLUMNS))
         for row in (r for r in rows if str(r["model"]) == model):
             marks = row.get("verdicts") or {}
-            cells = [_md(_marked(cell(k, row.get(k)), marks.get(k))) for k, _ in COLUMNS]
+            cells = [_md(_marked(figure(row, k), marks.get(k))) for k, _ in COLUMNS]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    peaks = [r for r in rows if r.get("search_over")]
+    if peaks:
+        lines += _markdown_peaks(peaks)
     if data is not None:
         lines += _markdown_details(data)
     flagged = [v for v in verdicts if v["status"] in ("regressed", "improved")]
@@ -108,8 +127,37 @@ def write_markdown(path: Path, text: str) -> Path:
 
 # ---------------------------------------------------------------------- collected data
 
-# The figures of the report's rows (runs_comparison's metrics plus p99.9).
-REPORT_METRICS: tuple[str, ...] = (*COMPARISON_METRICS, "p999_ms")
+# A figure's own interval columns (texts/s and tokens/s only borrow QPS' for the detector).
+OWN_INTERVALS: dict[str, tuple[str, str]] = {
+    metric: (low, high) for metric, (low, high, of) in INTERVALS.items() if of == metric
+}
+# The figures of the report's rows: runs_comparison's metrics, p99.9, their intervals, the
+# SLO figures and the peak a search found.
+REPORT_METRICS: tuple[str, ...] = tuple(
+    dict.fromkeys(
+        (
+            *COMPARISON_METRICS,
+            "p999_ms",
+            *(column for bounds in OWN_INTERVALS.values() for column in bounds),
+            "slo_p99_ms",
+            "goodput_per_s",
+            "peak_load",
+            "peak_qps",
+        )
+    )
+)
+PEAK_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("variant", "variant"),
+    ("runtime", "runtime"),
+    ("scenario", "scenario"),
+    ("slo_p99_ms", "SLO p99 ms"),
+    ("search_over", "over"),
+    ("peak_load", "peak load"),
+    ("peak_qps", "peak QPS"),
+    ("p99_ms", "p99 ms at peak"),
+    ("search_probes", "probes"),
+    ("search_reason", "search"),
+)
 # Label a pipeline may set with the server's start-to-healthy time (seconds).
 COLD_START_LABEL = "start_to_healthy_s"
 COLD_START_ABSENT = (
@@ -213,18 +261,46 @@ def collect(session: Session, ingest_keys: Sequence[str], title: str) -> ReportD
                 }
             )
     details = (
-        sa.select(Run.ingest_key, ScenarioRow.name, ScenarioRow.definition, ScenarioRow.flags)
+        sa.select(
+            Run.ingest_key,
+            ScenarioRow.name,
+            ScenarioRow.definition,
+            ScenarioRow.flags,
+            ScenarioRow.percentile_notes,
+            ScenarioRow.search_over,
+            ScenarioRow.search_reason,
+            ScenarioRow.search_probes,
+        )
         .join(Run, Run.id == ScenarioRow.run_pk)
         .where(Run.ingest_key.in_(keys))
     )
-    scenario_info = {(k, n): (d or {}, f or []) for k, n, d, f in session.execute(details).all()}
+    scenario_info = {
+        (key, name): (definition or {}, flags or [], notes or {}, over, reason, probes or [])
+        for key, name, definition, flags, notes, over, reason, probes in session.execute(details)
+    }
     marks: dict[tuple[str, str], dict[str, str]] = {}
     for verdict in verdicts:
         if verdict["status"] in ("regressed", "improved"):
             slot = marks.setdefault((verdict["ingest_key"], verdict["scenario"]), {})
             slot[verdict["metric"]] = verdict["status"]
     for row in rows:
-        definition, flags = scenario_info.get((row["ingest_key"], row["scenario"]), ({}, []))
+        definition, flags, notes, over, reason, probes = scenario_info.get(
+            (row["ingest_key"], row["scenario"]), ({}, [], {}, None, None, [])
+        )
+        row["percentile_notes"] = notes
+        row["search_over"] = over
+        row["search_reason"] = reason
+        row["search_probes"] = len(probes) if over else None
+        for name, need in notes.items():
+            warnings.append(
+                {
+                    "who": _who(row),
+                    "scenario": row["scenario"],
+                    "severity": "note",
+                    "code": f"{name}_not_reported",
+                    "message": need,
+                }
+            )
         run_info = by_key.get(row["ingest_key"], {})
         parity = run_info.get("parity") or {}
         row["mode"] = definition.get("mode")
@@ -298,6 +374,16 @@ def _series(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return series
 
 
+def _markdown_peaks(peaks: Sequence[dict[str, Any]]) -> list[str]:
+    lines = ["## Peak throughput under the latency SLO", ""]
+    lines.append("| model | " + " | ".join(label for _, label in PEAK_COLUMNS) + " |")
+    lines.append("|---|" + "---|" * len(PEAK_COLUMNS))
+    for row in peaks:
+        cells = [_md(row["model"]), *(_md(figure(row, k)) for k, _ in PEAK_COLUMNS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def _markdown_details(data: ReportData) -> list[str]:
     lines = ["## Model load and cold start", ""]
     lines.append("| run | load ms | cold start s | parity (mean / min cosine) |")
@@ -357,7 +443,9 @@ def html(data: ReportData, plotly_src: str | None = None) -> str:
         "report.html",
         data=data,
         columns=COLUMNS,
+        peak_columns=PEAK_COLUMNS,
         cell=cell,
+        figure=figure,
         parity_text=_parity_text,
         cold_start_absent=COLD_START_ABSENT,
         plotly_inline=inline,

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,7 @@ from embench.errors import ConfigError, EmbenchError
 from embench.hosts import Host, make_provisioner
 from embench.launch.docker_server import RunIsLive, deployment_name
 from embench.launch.handle import ServerHandle
+from embench.launch.host_probe import attach_host_probe, host_probe, probe_or_note
 from embench.launch.site import DockerSite, Site, open_site
 from embench.paths import data_dir
 from embench.provenance import git_sha
@@ -28,6 +30,7 @@ from embench.provenance import git_sha
 log = logging.getLogger(__name__)
 
 Launcher = Literal["auto", "docker", "process"]
+TOKENIZER_FILE = "tokenizer.json"  # in every prepared model folder
 
 
 class RegressionFound(EmbenchError):
@@ -322,18 +325,24 @@ def run_benchmark(
 ) -> str:
     """Run the scenarios against the server; returns the result file's path (on the worker).
     A server that stopped during the run fails the task and its partial result is dropped,
-    so that the retry, which starts a new server, measures again."""
+    so that the retry, which starts a new server, measures again. The host probe runs on the
+    server's cores before and after the scenarios (the server idle) and goes into the result:
+    a failed probe is a note there, never the benchmark's failure."""
+    notes: list[str] = []
     with open_site(provisioned, config) as site:
         handle = _server_answering(site, prepared, ServerHandle.from_dict(server), ctx)
         scenarios = write_run_scenarios(prepared, ctx, config, handle)
         out = result_path(ctx)
         out.unlink(missing_ok=True)  # a failed earlier try's partial result
+        before = probe_or_note(lambda: site.probe_host(handle), "before", notes)
         try:
             site.run_client(
                 handle, scenarios, out, client_name(ctx), ctx.container_labels(), timeout_s
             )
         finally:
             stopped = _server_failure(site, handle)
+        after = None if stopped else probe_or_note(lambda: site.probe_host(handle), "after", notes)
+        cpuset = _server_cpuset(site, handle, notes)
     if stopped:
         out.unlink(missing_ok=True)
         raise EmbenchError(
@@ -342,6 +351,7 @@ def run_benchmark(
         )
     if not out.is_file():
         raise EmbenchError(f"the load client finished without writing {out}")
+    attach_host_probe(out, host_probe(cpuset, before, after, notes), notes)
     summary = json.loads(out.read_text())
     log.info(
         "result %s: status %s, %d scenario(s)",
@@ -350,6 +360,14 @@ def run_benchmark(
         len(summary.get("scenarios", [])),
     )
     return str(out)
+
+
+def _server_cpuset(site: Site, handle: ServerHandle, notes: list[str]) -> str | None:
+    try:
+        return site.server_cpuset(handle)
+    except Exception as exc:  # only the probe's record lacks it: not worth a failed run
+        notes.append(f"the server's cpuset could not be read for the host probe: {exc}")
+        return None
 
 
 def _server_failure(site: Site, handle: ServerHandle) -> str | None:
@@ -393,7 +411,11 @@ def write_run_scenarios(
         git_sha=git_sha(),
         labels={**ctx.labels(), **extra},
     )
-    document = scenario_file(config, target["scenarios"] or None, labels)
+    # lengths cut with the model's own tokenizer: it goes beside the scenario file
+    tokenizer = ctx.work_dir() / TOKENIZER_FILE
+    tokenizer.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(target["model_dir"]) / TOKENIZER_FILE, tokenizer)
+    document = scenario_file(config, target["scenarios"] or None, labels, TOKENIZER_FILE)
     return write_scenario_file(ctx.work_dir() / "scenarios.json", document)
 
 
@@ -417,21 +439,27 @@ def store_result(path: str, config: AppConfig) -> dict[str, Any]:
 
 
 def detect_regressions(
-    stored: dict[str, Any], params: dict[str, Any], config: AppConfig
+    ctx: RunContext, params: dict[str, Any], config: AppConfig
 ) -> list[dict[str, Any]]:
-    from embench.store.db import make_engine
-    from embench.store.detect import detect_regressions as detect
-    from embench.store.detect import settings_from_config
+    """Judge the whole DAG run once, after every benchmark group: the repetitions of a
+    target are one night, pooled into one judgement per comparability key."""
+    from embench.store.db import make_engine, upgrade_to_head
+    from embench.store.detect import detect_dag_run, settings_from_config
 
     regression = config.benchmark.regression
-    verdicts = detect(
-        make_engine(), stored["ingest_key"], settings_from_config(regression), regression.metrics
+    engine = make_engine()
+    upgrade_to_head(engine)
+    verdicts = detect_dag_run(
+        engine, ctx.dag_id, ctx.run_id, settings_from_config(regression), regression.metrics
     )
     regressed = [v for v in verdicts if v["status"] == "regressed"]
     for verdict in regressed:
         log.warning("REGRESSED %s %s", verdict["metric"], verdict["reason"])
+    explained = [v for v in verdicts if v["status"] == "explained"]
+    for verdict in explained:
+        log.warning("EXPLAINED by the host %s %s", verdict["metric"], verdict["reason"])
     if regressed and parse_params(params, config).fail_on_regression:
-        raise RegressionFound(f"{len(regressed)} regression(s) in {stored['ingest_key']}")
+        raise RegressionFound(f"{len(regressed)} regression(s) in {ctx.dag_id}/{ctx.run_id}")
     return verdicts
 
 

@@ -10,6 +10,16 @@ without sharing state: <spec> is comma-separated key=value pairs, e.g.
     delay=fixed:MS | uniform:A_MS:B_MS | cycle:MSxN:MSxN... | none
                      service time of POST /embed; cycle repeats a deterministic pattern by
                      arrival (cycle:10x20:40x4:120x1: 20 requests of 10 ms, 4 of 40, 1 of 120)
+    fifo=N           N servers and a FIFO queue: a request's service (its delay) starts when
+                     one of N is free, on a virtual clock (sleep jitter never accumulates), so
+                     throughput is at most N / delay and latency grows without bound above it
+    limit=N          at most N requests in the server (in service or queued): one more is
+                     answered 429 with Retry-After: 0 at once
+    ramp=MS          a server that keeps slowing down: the delay grows by MS for every second
+                     since this spec's first embed request
+    slow=AT_S:DUR_S:MS
+                     a scripted slowdown: requests arriving in [first+AT, first+AT+DUR) take
+                     MS instead of their delay
     stall=AT_S:DUR_S every request that overlaps [first+AT, first+AT+DUR) completes no
                      earlier than first+AT+DUR (first: this spec's first embed request)
     e500=N, e429=N, bad=N, drop=N, hang=N
@@ -48,6 +58,8 @@ class SpecState:
     first: float | None = None
     first_health: float | None = None
     outcomes: Counter[str] = field(default_factory=Counter)
+    free_at: list[float] = field(default_factory=list)  # fifo: when each server is free
+    admitted: list[float] = field(default_factory=list)  # limit: done times of those inside
 
 
 STATES: dict[str, SpecState] = {}
@@ -105,7 +117,26 @@ async def embed(request: web.Request) -> web.StreamResponse:
         st.outcomes["e429"] += 1
         return web.json_response({"error": "busy"}, status=429, headers={"Retry-After": "0"})
     delay = draw_delay_s(st, n)
+    if "ramp" in st.spec:
+        delay += float(st.spec["ramp"]) / 1e3 * (arrival - st.first)
+    if "slow" in st.spec:
+        at, dur, ms = (float(x) for x in st.spec["slow"].split(":"))
+        if st.first + at <= arrival < st.first + at + dur:
+            delay = ms / 1e3
     done = arrival + delay
+    if "limit" in st.spec:
+        st.admitted = [t for t in st.admitted if t > arrival]
+        if len(st.admitted) >= int(st.spec["limit"]):
+            st.outcomes["limit"] += 1
+            return web.json_response({"error": "full"}, status=429, headers={"Retry-After": "0"})
+    if "fifo" in st.spec:
+        if not st.free_at:
+            st.free_at = [arrival] * int(st.spec["fifo"])
+        slot = min(range(len(st.free_at)), key=st.free_at.__getitem__)
+        done = max(arrival, st.free_at[slot]) + delay
+        st.free_at[slot] = done
+    if "limit" in st.spec:
+        st.admitted.append(done)
     if "stall" in st.spec:
         at, dur = (float(x) for x in st.spec["stall"].split(":"))
         s0 = st.first + at

@@ -74,7 +74,12 @@ def test_scenario_file_and_sweep_with_a_readiness_wait(fake_server, tmp_path):
                     },
                 ],
                 "warmup": {"requests": 2, "duration_s": 0.1},
-                "stability": {"window_s": 0.1, "windows": 2, "tolerance": 0.5},
+                "stability": {
+                    "window_s": 0.1,
+                    "window_requests": 10,
+                    "windows": 2,
+                    "tolerance": 0.5,
+                },
                 "metadata": {"model": "m", "labels": {"night": "1"}},
             }
         )
@@ -97,6 +102,11 @@ def test_scenario_file_and_sweep_with_a_readiness_wait(fake_server, tmp_path):
             "plain",
             "--label",
             "extra=yes",
+            "--window-requests",
+            "5",
+            "--no-extend-until-stable",
+            "--schedule-lag-limit",
+            "250",
         ]
     )
     assert proc.returncode == 0, proc.stderr
@@ -108,6 +118,8 @@ def test_scenario_file_and_sweep_with_a_readiness_wait(fake_server, tmp_path):
     assert result.metadata.model == "m" and result.metadata.variant == "fp32"  # label, /info
     assert result.metadata.labels == {"night": "1", "extra": "yes"}
     assert result.warmup.requests == 2 and result.stability.window_s == 0.1
+    assert result.stability.window_requests == 5 and not result.stability.extend_until_stable
+    assert result.client.options.schedule_lag_limit_ms == 250
 
 
 def test_ctrl_c_writes_partial_results_marked_incomplete(fake_server, tmp_path):
@@ -130,6 +142,10 @@ def test_ctrl_c_writes_partial_results_marked_incomplete(fake_server, tmp_path):
             "0",
             "--warmup-duration",
             "0",
+            "--window",
+            "0.5",
+            "--window-requests",
+            "10",
             "--progress",
             "plain",
         ],

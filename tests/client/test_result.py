@@ -21,6 +21,12 @@ STATISTICS = [
     "client_cpu_pct_mean", "client_cpu_pct_max", "server_queue_p99_ms",
     "server_inference_mean_ms", "inflight_max", "qps_spread", "p99_spread",
     "valid", "stable", "client_saturated", "trials",
+    # schema 2.0: every request in the tail, intervals, stable windows, open loop, SLO
+    "success_count", "success_p50_ms", "success_p99_ms", "success_p999_ms", "confidence",
+    "p50_ci_low_ms", "p50_ci_high_ms", "p99_ci_low_ms", "p99_ci_high_ms", "p999_ci_low_ms",
+    "p999_ci_high_ms", "qps_ci_low", "qps_ci_high", "window_s", "stable_windows",
+    "figures_from_s", "requests_scheduled", "requests_dropped", "loop_lag_p99_ms",
+    "loop_lag_max_ms", "slo_p99_ms", "goodput_per_s", "slo_met", "client_tokens_per_s",
 ]  # fmt: skip
 
 
@@ -80,13 +86,15 @@ def test_definition_key_ignores_durations_but_not_load(sample_result):
 def test_minor_versions_are_read_and_other_majors_refused(sample_result):
     _, text = sample_result
     doc = json.loads(text)
-    doc["schema_version"] = "1.7"
+    assert SCHEMA_VERSION == "2.0"
+    doc["schema_version"] = "2.7"
     doc["a_field_from_the_future"] = 1
     doc["scenarios"][0]["another_new_statistic"] = 2.0
-    assert RunResult.model_validate(doc).schema_version == "1.7"
-    doc["schema_version"] = "2.0"
-    with pytest.raises(ValidationError, match="not readable"):
-        RunResult.model_validate(doc)
+    assert RunResult.model_validate(doc).schema_version == "2.7"
+    for other in ("1.0", "3.0"):
+        doc["schema_version"] = other
+        with pytest.raises(ValidationError, match="not readable"):
+            RunResult.model_validate(doc)
 
 
 def test_atomic_write_leaves_no_temporary_files(sample_result, tmp_path):

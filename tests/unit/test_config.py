@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -35,51 +36,54 @@ def test_unknown_model_id_lookup_is_a_config_error(app_config):
         app_config.model("nope")
 
 
-# (file, text to replace, replacement, the exact message after "<file>")
+# (file, text to replace, replacement, the exact message after "<file>"; {line}: the line of
+# the replaced text in the shipped file, {line@TEXT}: the line where TEXT starts - so the
+# cases hold as the file grows)
 BAD_FILES = [
     (
         "benchmark.yaml",
         "    concurrency: 1\n",
         "    concurency: 1\n",
-        ":31: scenarios[0].concurency: unknown key 'concurency' (did you mean 'concurrency'?); "
+        ":{line}: scenarios[0].concurency: unknown key 'concurency' (did you mean 'concurrency'?); "
         "expected one of: name, mode, concurrency, rate, arrival, min_requests, "
-        "min_duration_s, max_duration_s, texts_per_request, length_bucket",
+        "min_duration_s, max_duration_s, texts_per_request, length_bucket, slo_p99_ms, search",
     ),
     (
         "benchmark.yaml",
         "    concurrency: 1\n",
         "    concurrency: four\n",
-        ":31: scenarios[0].concurrency: expected an integer, got 'four'",
+        ":{line}: scenarios[0].concurrency: expected an integer, got 'four'",
     ),
     (
         "benchmark.yaml",
         "    concurrency: 1\n",
         '    concurrency: "16"\n',
-        ":31: scenarios[0].concurrency: expected an integer, got '16'",
+        ":{line}: scenarios[0].concurrency: expected an integer, got '16'",
     ),
     (
         "benchmark.yaml",
         "    concurrency: 1\n",
         "    concurrency: -4\n",
-        ":31: scenarios[0].concurrency: input should be greater than 0, got -4",
+        ":{line}: scenarios[0].concurrency: input should be greater than 0, got -4",
     ),
     (
         "benchmark.yaml",
         "    concurrency: 1\n",
         "",
-        ":29: scenarios[0]: a closed-loop scenario needs 'concurrency'",
+        ":{line@  - name: closed-c1}: scenarios[0]: a closed-loop scenario needs 'concurrency'",
     ),
     (
         "benchmark.yaml",
         "    rate: 50\n",
         "",
-        ":56: scenarios[3]: an open-loop scenario needs 'rate' (requests per second)",
+        ":{line@  - name: open-r50-poisson}: scenarios[3]: an open-loop scenario needs 'rate' "
+        "(requests per second)",
     ),
     (
         "benchmark.yaml",
         "  - name: closed-c1\n    mode: closed\n",
         "  - name: closed-c1\n",
-        ":29: scenarios[0].mode: required key is missing",
+        ":{line}: scenarios[0].mode: required key is missing",
     ),
     (
         "benchmark.yaml",
@@ -92,34 +96,34 @@ BAD_FILES = [
         "benchmark.yaml",
         "  - name: closed-c16\n",
         "  - name: closed-c1\n",
-        ":28: scenarios: scenario names must be unique; repeated: closed-c1",
+        ":{line@scenarios:}: scenarios: scenario names must be unique; repeated: closed-c1",
     ),
     (
         "benchmark.yaml",
         "  memory: 4g",
         "  memory: lots",
-        ":26: server.limits.memory: string should match pattern '^\\d+[bkmg]?$', got 'lots'",
+        ":{line}: server.limits.memory: string should match pattern '^\\d+[bkmg]?$', got 'lots'",
     ),
     (
         "benchmark.yaml",
         "  spinning: false\n",
-        "  spinning: false\n  workerz: 2\n",
-        ":20: server.workerz: unknown key 'workerz' (did you mean 'workers'?); expected one of: "
-        "limits, threads, workers, spinning, max_batch_tokens, max_batch_texts, "
+        "  workerz: 2\n  spinning: false\n",
+        ":{line}: server.workerz: unknown key 'workerz' (did you mean 'workers'?); "
+        "expected one of: limits, threads, workers, spinning, max_batch_tokens, max_batch_texts, "
         "max_batch_wait_ms, max_texts_per_request, max_queue, tokenizer_threads",
     ),
     (
         "benchmark.yaml",
         "  max_queue: 1024 ",
         "  max_queue: 100  ",
-        ":17: server: max_texts_per_request (256) must not exceed max_queue (100): such a "
-        "request could never be admitted",
+        ":{line@server:}: server: max_texts_per_request (256) must not exceed max_queue (100): "
+        "such a request could never be admitted",
     ),
     (
         "benchmark.yaml",
         "  threads: 2 ",
         "  threads: 0 ",
-        ":18: server.threads: input should be greater than or equal to 1, got 0",
+        ":{line}: server.threads: input should be greater than or equal to 1, got 0",
     ),
     (
         "benchmark.yaml",
@@ -161,23 +165,29 @@ BAD_FILES = [
     ),
     (
         "benchmark.yaml",
-        "  provisioner: local\n",
-        "  provisioner: ssh\n",
-        ":87: host: provisioner is ssh, but host.ssh.hosts lists no host",
+        "host:\n  provisioner: local\n",
+        "host:\n  provisioner: ssh\n",
+        ":{line}: host: provisioner is ssh, but host.ssh.hosts lists no host",
     ),
     (
         "benchmark.yaml",
         "    host_key_policy: pinned\n",
         "    host_key_policy: trust\n",
-        ":92: host.ssh.host_key_policy: input should be 'pinned' or 'accept-new', got 'trust'",
+        ":{line}: host.ssh.host_key_policy: input should be 'pinned' or 'accept-new', got 'trust'",
     ),
     (
         "benchmark.yaml",
         "    hosts: []",
         "    hosts: [{name: a, address: x}, {name: a, address: y}]",
-        ":93: host.ssh.hosts: host names must be unique; repeated: a",
+        ":{line}: host.ssh.hosts: host names must be unique; repeated: a",
     ),
 ]
+
+
+def shipped_line(repo_root: Path, text: str, file: str = "benchmark.yaml") -> int:
+    """The line of the shipped file where `text` starts."""
+    shipped = (repo_root / "config" / file).read_text()
+    return shipped[: shipped.index(text)].count("\n") + 1
 
 
 def _bad_config(repo_root: Path, tmp_path: Path, file: str, old: str, new: str) -> Path:
@@ -192,10 +202,15 @@ def _bad_config(repo_root: Path, tmp_path: Path, file: str, old: str, new: str) 
 
 @pytest.mark.parametrize(("file", "old", "new", "message"), BAD_FILES)
 def test_bad_file_gets_one_clear_message(repo_root, tmp_path, file, old, new, message):
+    def line_of(text: str) -> str:
+        return str(shipped_line(repo_root, text, file))
+
+    expected = re.sub(r"\{line@([^}]*)\}", lambda m: line_of(m.group(1)), message)
+    expected = expected.replace("{line}", line_of(old)) if "{line}" in expected else expected
     config_dir = _bad_config(repo_root, tmp_path, file, old, new)
     with pytest.raises(ConfigError) as caught:
         load_config(config_dir)
-    assert str(caught.value) == f"{config_dir / file}{message}"
+    assert str(caught.value) == f"{config_dir / file}{expected}"
 
 
 def test_missing_and_empty_files(tmp_path):
@@ -216,7 +231,8 @@ def test_several_problems_are_listed_in_one_message(repo_root, tmp_path):
         load_config(config_dir)
     assert str(caught.value).splitlines() == [
         f"{path}:6: repetitions: input should be greater than 0, got 0",
-        f"{path}:40: scenarios[1].concurrency: input should be greater than 0, got 0",
+        f"{path}:{shipped_line(repo_root, '    concurrency: 16')}: scenarios[1].concurrency: "
+        "input should be greater than 0, got 0",
     ]
 
 
@@ -233,6 +249,7 @@ def test_cli_reports_a_bad_file_without_a_traceback(repo_root, tmp_path):
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert done.stderr.strip() == (
-        f"embench: config error: {config_dir}/benchmark.yaml:31: scenarios[0].concurrency: "
+        f"embench: config error: {config_dir}/benchmark.yaml:"
+        f"{shipped_line(repo_root, '    concurrency: 1')}: scenarios[0].concurrency: "
         "input should be greater than 0, got -4"
     )

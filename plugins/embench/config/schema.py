@@ -206,19 +206,28 @@ ServerConfig = create_model(  # type: ignore[call-overload]
 class RegressionConfig(StrictModel):
     """How a new result is judged against the history of its comparability key."""
 
+    # peak_qps: search scenarios only (None elsewhere: not judged); higher is better
     metrics: Annotated[list[str], Field(min_length=1)] = Field(
-        default_factory=lambda: ["qps", "p50_ms", "p99_ms"]
+        default_factory=lambda: ["qps", "p50_ms", "p99_ms", "peak_qps"]
     )
     lookback: Annotated[int, Field(ge=3)] = 20  # most recent comparable nights used
     min_history: Annotated[int, Field(ge=2)] = 5  # fewer -> "no baseline"
-    z_threshold: PositiveFloat = 5.0  # robust z-score that is a verdict on its own...
-    confirm_z: PositiveFloat = 3.0  # ...or that two nights in a row reach, the same way
+    # robust z-score that is a verdict on one night alone; None: a night never decides alone
+    # (one outlier night, a slow host, is no regression until a second night confirms it)
+    z_threshold: PositiveFloat | None = None
+    confirm_z: PositiveFloat = 3.0  # tonight and another of the last nights reach it...
+    confirm_nights: Annotated[int, Field(ge=2)] = 3  # ...among this many (tonight included)
     min_relative_change: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    # relative scale floor for histories whose runs recorded no within-run interval
+    noise_floor: Annotated[float, Field(ge=0, lt=1)] = 0.01
+    upgrade_nights: Annotated[int, Field(ge=1)] = 3  # nights after a restart compared with before
+    host_slow_threshold: Annotated[float, Field(ge=0, lt=1)] = 0.05  # host probe this much slow
+    host_min_history: Annotated[int, Field(ge=1)] = 3  # earlier probes needed to judge a host
     on_regression: Literal["warn", "fail"] = "warn"
 
     @model_validator(mode="after")
     def _history_fits_lookback(self) -> RegressionConfig:
-        if self.confirm_z > self.z_threshold:
+        if self.z_threshold is not None and self.confirm_z > self.z_threshold:
             raise ValueError(
                 f"confirm_z ({self.confirm_z}) exceeds z_threshold ({self.z_threshold})"
             )

@@ -37,6 +37,19 @@ def client_arguments(handle: ServerHandle, scenario_file: str, out: str) -> list
     return args
 
 
+def client_inputs(scenarios: Path) -> dict[str, bytes]:
+    """The files a client elsewhere needs, by name: the scenario file and what it names
+    beside itself (the model's tokenizer.json)."""
+    from client.scenario import ScenarioFile
+
+    document = ScenarioFile.model_validate_json(scenarios.read_bytes())
+    files = {scenarios.name: scenarios.read_bytes()}
+    tokenizer = document.options.tokenizer if document.options else None
+    if tokenizer and not Path(tokenizer).is_absolute():
+        files[tokenizer] = (scenarios.parent / tokenizer).read_bytes()
+    return files
+
+
 def describe_exit(status: int) -> str:
     meaning = CLIENT_EXIT_MEANING.get(status, "failed")
     return f"the load client exited with status {status} ({meaning})"

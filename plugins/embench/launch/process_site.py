@@ -3,15 +3,22 @@ Docker (and of fast tests). Same methods as DockerSite; nothing to ship, nothing
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+from client.result import ProbeScores
 from embench.config import AppConfig
+from embench.errors import EmbenchError
 from embench.launch.client import client_arguments, run_client_process
 from embench.launch.docker_server import RunIsLive
 from embench.launch.handle import ServerHandle
+from embench.launch.host_probe import PROBE_TIMEOUT_S, format_cpuset, parse_probe
 from embench.launch.process_server import (
+    parse_cpuset,
     process_failure,
     start_server_process,
     stop_server_process,
@@ -41,6 +48,33 @@ class ProcessSite:
 
     def server_failure(self, handle: ServerHandle) -> str | None:
         return process_failure(int(handle.pid or 0))
+
+    def server_cpus(self) -> set[int] | None:
+        """The CPUs start_server pins the server to (the configured cpuset, as far as this
+        process may use it); None when the server runs unpinned."""
+        return parse_cpuset(self.config.benchmark.server.limits.cpuset)
+
+    def server_cpuset(self, handle: ServerHandle) -> str | None:
+        cpus = self.server_cpus()
+        return format_cpuset(cpus) if cpus else None
+
+    def probe_host(self, handle: ServerHandle) -> ProbeScores:
+        """The host probe as a process pinned to the server's CPUs (unpinned when the server
+        is). Run it while the server is idle."""
+        cpus = self.server_cpus()
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "server.probe"],
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+                timeout=PROBE_TIMEOUT_S,
+                check=False,
+                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+            )
+        except subprocess.TimeoutExpired:
+            raise EmbenchError(f"the host probe ran past {PROBE_TIMEOUT_S:.0f} s") from None
+        return parse_probe(done.returncode, done.stdout, done.stderr)
 
     def run_client(
         self,

@@ -29,11 +29,12 @@ from typing import Any, Protocol
 from docker import APIClient
 from docker.errors import APIError, NotFound
 
+from client.result import ProbeScores
 from embench.config import AppConfig
 from embench.errors import EmbenchError
 from embench.hosts.base import Host
 from embench.hosts.ssh import DockerTunnel, SshEndpoint
-from embench.launch.client import client_arguments, describe_exit
+from embench.launch.client import client_arguments, client_inputs, describe_exit
 from embench.launch.docker_server import (
     MANAGED_LABEL,
     RunIsLive,
@@ -44,6 +45,7 @@ from embench.launch.docker_server import (
     sweep_stale_containers,
 )
 from embench.launch.handle import ServerHandle
+from embench.launch.host_probe import PROBE_COMMAND, parse_probe
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,10 @@ class Site(Protocol):
     ) -> ServerHandle: ...
 
     def server_failure(self, handle: ServerHandle) -> str | None: ...
+
+    def probe_host(self, handle: ServerHandle) -> ProbeScores: ...
+
+    def server_cpuset(self, handle: ServerHandle) -> str | None: ...
 
     def run_client(
         self,
@@ -275,6 +281,23 @@ class DockerSite:
     def server_failure(self, handle: ServerHandle) -> str | None:
         return container_failure(self.cli, str(handle.container_id))
 
+    def probe_host(self, handle: ServerHandle) -> ProbeScores:
+        """The host probe inside the server's container: exactly the server's cpuset, CPU
+        quota and memory limit. Run it while the server is idle. (The Docker connection's
+        read timeout bounds the wait.)"""
+        container = str(handle.container_id or handle.name)
+        exec_id = self.cli.exec_create(container, PROBE_COMMAND)["Id"]
+        stdout, stderr = self.cli.exec_start(exec_id, demux=True)
+        code = self.cli.exec_inspect(exec_id)["ExitCode"]
+        return parse_probe(
+            code, (stdout or b"").decode(errors="replace"), (stderr or b"").decode(errors="replace")
+        )
+
+    def server_cpuset(self, handle: ServerHandle) -> str | None:
+        """The cpuset the server's container has (None: every CPU of the host)."""
+        inspected = self.cli.inspect_container(str(handle.container_id or handle.name))
+        return inspected["HostConfig"].get("CpusetCpus") or None
+
     def stop_server(self, handle: ServerHandle, log_path: Path | None) -> None:
         """Fetch the server's log to the worker, then remove the container (by id, and by name
         for a replacement a retry started). Safe when it is gone already."""
@@ -326,7 +349,10 @@ class DockerSite:
                 "/",
                 _tar_files(
                     {
-                        f"{CLIENT_IN[1:]}/{scenarios.name}": scenarios.read_bytes(),
+                        **{
+                            f"{CLIENT_IN[1:]}/{name}": data
+                            for name, data in client_inputs(scenarios).items()
+                        },
                         f"{CLIENT_OUT[1:]}/": None,
                     }
                 ),

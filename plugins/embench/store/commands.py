@@ -1,5 +1,6 @@
-"""The store's `embench` subcommands: ingest, history, compare, runs, latest, export. Each is
-a thin wrapper over embench.store.queries; `--json` prints what the library returns."""
+"""The store's `embench` subcommands: ingest, history, compare, runs, latest, baseline,
+export. Each is a thin wrapper over embench.store (queries, marks); `--json` prints what the
+library returns."""
 
 from __future__ import annotations
 
@@ -54,6 +55,42 @@ def add_store_commands(commands: Any) -> None:
     latest.add_argument("--model")
     _common(latest)
     latest.set_defaults(handler=cmd_latest)
+
+    baseline = commands.add_parser(
+        "baseline", help="mark a deliberate change: earlier nights are no baseline"
+    )
+    actions = baseline.add_subparsers(dest="baseline_command", required=True, metavar="ACTION")
+    mark = actions.add_parser(
+        "mark",
+        help="nights before now (or --at) are no baseline for these results",
+        description=(
+            "Record a deliberate change. The detector ignores the history before the mark "
+            "for the results it names; the first nights after it are compared with the "
+            "nights before it (an upgrade verdict) unless --no-compare."
+        ),
+    )
+    mark.add_argument("--model", required=True)
+    mark.add_argument("--variant", help="default: every variant")
+    mark.add_argument("--runtime", help="default: every runtime")
+    mark.add_argument("--scenario", help="default: every scenario")
+    mark.add_argument("--reason", required=True, help="what changed, and why")
+    mark.add_argument("--at", type=_date, help="ISO date or time (UTC) the change took effect")
+    mark.add_argument(
+        "--no-compare",
+        dest="compare",
+        action="store_false",
+        help="do not compare the nights after the mark with those before",
+    )
+    _common(mark)
+    mark.set_defaults(handler=cmd_baseline_mark)
+    marks = actions.add_parser("list", help="the baseline marks, newest first")
+    marks.add_argument("--model")
+    _common(marks)
+    marks.set_defaults(handler=cmd_baseline_list)
+    remove = actions.add_parser("remove", help="delete a baseline mark made by mistake")
+    remove.add_argument("id", type=int)
+    _common(remove)
+    remove.set_defaults(handler=cmd_baseline_remove)
 
     export = commands.add_parser("export", help="scenario results as CSV")
     _filters(export)
@@ -141,6 +178,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             )
         for v in regressed:
             stdout.print(f"REGRESSED {v['metric']} {v['reason']}", highlight=False)
+        for v in (v for r in reports for v in r.verdicts if v["status"] == "explained"):
+            stdout.print(f"EXPLAINED {v['metric']} {v['reason']}", highlight=False)
     if regressed and on_regression == "fail":
         print(f"embench: {len(regressed)} regression(s)", file=sys.stderr)
         return 3
@@ -239,4 +278,58 @@ def cmd_export(args: argparse.Namespace) -> int:
     summary = json.dumps({"rows": count, "output": str(args.output or "-")})
     if args.output is not None:
         print(summary if args.json else f"{count} row(s) written to {args.output}")
+    return 0
+
+
+MARK_COLUMNS = ["id", "marked_at", "model", "variant", "runtime", "scenario", "compare", "reason"]
+
+
+def cmd_baseline_mark(args: argparse.Namespace) -> int:
+    from embench.store.db import session_scope
+    from embench.store.marks import add_mark
+
+    with session_scope(_engine(args)) as session:
+        mark = add_mark(
+            session,
+            model=args.model,
+            variant=args.variant,
+            runtime=args.runtime,
+            scenario=args.scenario,
+            reason=args.reason,
+            marked_at=args.at,
+            compare=args.compare,
+        )
+    if args.json:
+        _print_json(mark)
+    else:
+        stdout.print(
+            f"baseline mark #{mark['id']} from {mark['marked_at']}: {mark['reason']}",
+            highlight=False,
+        )
+    return 0
+
+
+def cmd_baseline_list(args: argparse.Namespace) -> int:
+    from embench.store.db import session_scope
+    from embench.store.marks import list_marks
+
+    with session_scope(_engine(args)) as session:
+        marks = list_marks(session, args.model)
+    if args.json:
+        _print_json(marks)
+    else:
+        _table("baseline marks", marks, MARK_COLUMNS)
+    return 0
+
+
+def cmd_baseline_remove(args: argparse.Namespace) -> int:
+    from embench.store.db import session_scope
+    from embench.store.marks import remove_mark
+
+    with session_scope(_engine(args)) as session:
+        mark = remove_mark(session, args.id)
+    if args.json:
+        _print_json(mark)
+    else:
+        stdout.print(f"removed baseline mark #{mark['id']}: {mark['reason']}", highlight=False)
     return 0

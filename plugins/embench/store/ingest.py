@@ -10,7 +10,7 @@ file is never touched, so `embench ingest PATH...` can try again later.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,14 +89,48 @@ def ingest_key(result: RunResult) -> str:
     return result.run_id
 
 
+def baseline_components(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """What can change the server's speed and is not in the comparability key (which holds
+    model, variant, runtime, scenario, server config and hardware): the runtime's version,
+    the server's libraries (runtime, tokenizer, torch, ...) and the model artifact. Client
+    libraries (rich, docker, ...) are not here: they do not change the server. `metadata` is
+    a result's metadata as JSON (RunResult.metadata, or runs.document["metadata"]).
+    Migration 0002 holds a frozen copy of this formula."""
+    return {
+        "runtime_version": metadata.get("runtime_version"),
+        "server_libraries": dict(metadata.get("server_library_versions") or {}),
+        "manifest_sha256": metadata.get("manifest_sha256"),
+    }
+
+
 def baseline_key(result: RunResult) -> str:
-    """Library versions of client and server: a change starts a new baseline."""
-    return stable_hash(
-        {
-            "client": result.environment.libraries,
-            "server": result.metadata.server_library_versions,
-        }
-    )
+    """A change of this key starts a new baseline (and an upgrade verdict) within a
+    comparability key."""
+    return stable_hash(baseline_components(result.metadata.model_dump(mode="json")))
+
+
+def describe_change(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
+    """What changed between two runs' metadata, as "onnxruntime 1.22.0 -> 1.23.0, model
+    artifact 1a2b3c4d -> 5e6f7a8b" (the runtime version is named by the runtime library
+    when that library says the same)."""
+    old, new = baseline_components(before), baseline_components(after)
+    changes: list[tuple[str, str, str]] = []
+    libraries = sorted(set(old["server_libraries"]) | set(new["server_libraries"]))
+    for name in libraries:
+        a, b = old["server_libraries"].get(name), new["server_libraries"].get(name)
+        if a != b:
+            changes.append((name, str(a or "none"), str(b or "none")))
+    if old["runtime_version"] != new["runtime_version"]:
+        pair = (str(old["runtime_version"] or "none"), str(new["runtime_version"] or "none"))
+        if pair not in {(a, b) for _, a, b in changes}:
+            runtime = after.get("runtime") or "runtime"
+            changes.insert(0, (f"{runtime} runtime", *pair))
+    if old["manifest_sha256"] != new["manifest_sha256"]:
+        short = [
+            str(v)[:8] if v else "none" for v in (old["manifest_sha256"], new["manifest_sha256"])
+        ]
+        changes.append(("model artifact", short[0], short[1]))
+    return ", ".join(f"{name} {a} -> {b}" for name, a, b in changes) or "baseline key changed"
 
 
 def trigger_kind(result: RunResult) -> str:
@@ -271,14 +305,14 @@ def ingest_result(
     """Store one document in one transaction, replacing an earlier copy with the same ingest
     key; with `detector`, judge `metrics` of every scenario and store the verdicts in the
     same transaction. Connection failures are retried, then raise EmbenchError."""
-    from embench.store.detect import detect_in_session, stored_verdicts
+    from embench.store.detect import detect_in_session, night_verdicts
 
     def attempt() -> IngestReport:
         with session_scope(engine) as session:
             report = store_result(session, result, source_path)
             if detector is not None and metrics:
                 detect_in_session(session, report.run_pk, detector, metrics)
-                report.verdicts = stored_verdicts(session, report.run_pk)
+                report.verdicts = night_verdicts(session, report.run_pk)
             return report
 
     def attempt_once_more_on_race() -> IngestReport:

@@ -117,6 +117,8 @@ class Run(Base):
     __tablename__ = "runs"
     __table_args__ = (
         sa.Index("ix_runs_model_variant_started_at", "model", "variant", "started_at"),
+        # the repetitions of one DAG run are one night for the detector
+        sa.Index("ix_runs_dag_id_dag_run_id", "dag_id", "dag_run_id"),
         sa.CheckConstraint("trigger_kind IN ('scheduled', 'manual', 'cli')", name="trigger_kind"),
     )
 
@@ -148,8 +150,9 @@ class Run(Base):
     image: Mapped[str | None] = mapped_column(sa.Text)
     image_digest: Mapped[str | None] = mapped_column(sa.Text)
     schema_version: Mapped[str] = mapped_column(sa.String(16))
-    # hash of environment.libraries + metadata.server_library_versions: a change starts a
-    # new baseline within a comparability key.
+    # hash of what can change the server's speed besides the comparability key: runtime
+    # version, server libraries (runtime, tokenizer), model artifact (embench.store.ingest.
+    # baseline_key). A change starts a new baseline within a comparability key.
     baseline_key: Mapped[str] = mapped_column(sa.String(64))
     environment_id: Mapped[int] = mapped_column(sa.ForeignKey("environments.id"), index=True)
     artifact_id: Mapped[int | None] = mapped_column(sa.ForeignKey("model_artifacts.id"))
@@ -211,21 +214,33 @@ class ScenarioRow(_ScenarioStatistics, Base):
     histogram: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
     resource_samples: Mapped[list[Any]] = mapped_column(JSONDoc)
     server_metrics_delta: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    search_probes: Mapped[list[Any]] = mapped_column(JSONDoc)  # search mode's probes
+    percentile_notes: Mapped[dict[str, Any]] = mapped_column(JSONDoc)  # why a pXX is None
 
 
 _missing_json = set(JSON_FIELDS) - set(ScenarioRow.__table__.columns.keys())
 assert not _missing_json, f"ScenarioResult fields with no column: {sorted(_missing_json)}"
 
 
+VERDICT_STATUSES = ("improved", "unchanged", "regressed", "no_baseline", "explained")
+VERDICT_KINDS = ("night", "upgrade")
+
+
+def _in(values: tuple[str, ...]) -> str:
+    return ", ".join(f"'{v}'" for v in values)
+
+
 class VerdictRow(Base):
-    """A regression verdict for one metric of one scenario result."""
+    """A regression verdict for one metric of one night of a comparability key: "night" (the
+    night against its baseline) or "upgrade" (the first nights after a restart of the history
+    against the last nights before it). The repetitions of a night are judged once; the
+    verdict is stored on the scenario row of the night's newest usable repetition."""
 
     __tablename__ = "verdicts"
     __table_args__ = (
-        sa.UniqueConstraint("scenario_result_id", "metric"),
-        sa.CheckConstraint(
-            "status IN ('improved', 'unchanged', 'regressed', 'no_baseline')", name="status"
-        ),
+        sa.UniqueConstraint("scenario_result_id", "metric", "kind"),
+        sa.CheckConstraint(f"status IN ({_in(VERDICT_STATUSES)})", name="status"),
+        sa.CheckConstraint(f"kind IN ({_in(VERDICT_KINDS)})", name="kind"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -234,13 +249,39 @@ class VerdictRow(Base):
         sa.ForeignKey("scenario_results.id", ondelete="CASCADE")
     )
     metric: Mapped[str] = mapped_column(sa.String(64))
+    kind: Mapped[str] = mapped_column(sa.String(16), server_default="night")
     status: Mapped[str] = mapped_column(sa.String(16))
     value: Mapped[float] = mapped_column(sa.Double)
     direction: Mapped[str] = mapped_column(sa.String(32))
     history_size: Mapped[int] = mapped_column(sa.Integer)
+    # repetitions of the night pooled into `value` (their median)
+    repetitions: Mapped[int] = mapped_column(sa.Integer, server_default="1")
     baseline_median: Mapped[float | None] = mapped_column(sa.Double)
     relative_change: Mapped[float | None] = mapped_column(sa.Double)
     z_score: Mapped[float | None] = mapped_column(sa.Double)
     reason: Mapped[str] = mapped_column(sa.Text)
     settings: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    # scale, threshold, noise floor, host adjustment, what changed: the numbers behind it
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class BaselineMark(Base):
+    """A deliberate change marked by hand (`embench baseline mark`): nights before
+    `marked_at` are no baseline for the results it applies to (a model, optionally narrowed
+    to a variant, runtime and scenario); with `compare`, the first nights after it are
+    compared with the nights before (an upgrade verdict)."""
+
+    __tablename__ = "baseline_marks"
+    __table_args__ = (sa.Index("ix_baseline_marks_model_marked_at", "model", "marked_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model: Mapped[str] = mapped_column(sa.String(256))
+    variant: Mapped[str | None] = mapped_column(sa.String(64))
+    runtime: Mapped[str | None] = mapped_column(sa.String(64))
+    scenario: Mapped[str | None] = mapped_column(sa.String(64))
+    reason: Mapped[str] = mapped_column(sa.Text)
+    compare: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.true())
+    marked_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str | None] = mapped_column(sa.Text)

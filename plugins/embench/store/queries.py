@@ -13,7 +13,7 @@ from typing import IO, Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from embench.store.detect import metric_column, resolve_run, stored_verdicts
+from embench.store.detect import INTERVALS, metric_column, resolve_run, stored_verdicts
 from embench.store.ingest import utc
 from embench.store.models import NUMERIC_FIELDS, SCALAR_FIELDS, Run, ScenarioRow, VerdictRow
 
@@ -139,9 +139,15 @@ def metric_history(
     optionally restricted to one comparability key; each point names its key and baseline so
     a chart can break the line where the baseline changes. `limit` keeps the newest points."""
     column = metric_column(metric)
+    # the figure's own interval (not one borrowed for the detector), else none
+    low, high, of = INTERVALS.get(metric, (None, None, None))
+    has_interval = of == metric
     stmt = sa.select(
         ScenarioRow.started_at,
         column.label("value"),
+        (getattr(ScenarioRow, low) if has_interval else sa.null()).label("ci_low"),
+        (getattr(ScenarioRow, high) if has_interval else sa.null()).label("ci_high"),
+        ScenarioRow.stable,
         ScenarioRow.name,
         ScenarioRow.variant,
         ScenarioRow.runtime,
@@ -155,7 +161,11 @@ def metric_history(
     ).join(Run, Run.id == ScenarioRow.run_pk)
     stmt = stmt.outerjoin(
         VerdictRow,
-        sa.and_(VerdictRow.scenario_result_id == ScenarioRow.id, VerdictRow.metric == metric),
+        sa.and_(
+            VerdictRow.scenario_result_id == ScenarioRow.id,
+            VerdictRow.metric == metric,
+            VerdictRow.kind == "night",  # one point, one night verdict (upgrades aside)
+        ),
     )
     if comparability_key is not None:
         stmt = stmt.where(ScenarioRow.comparability_key == comparability_key)
@@ -176,6 +186,9 @@ def metric_history(
         {
             "time": _iso(row.started_at),
             "value": row.value,
+            "ci_low": row.ci_low,
+            "ci_high": row.ci_high,
+            "stable": row.stable,
             "scenario": row.name,
             "variant": row.variant,
             "runtime": row.runtime,
