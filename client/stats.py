@@ -469,13 +469,23 @@ def agreement(ws: list[Window]) -> Agreement | None:
     )
 
 
+def _backlog_growth(ws: list[Window]) -> float:
+    """Open loop: how much the requests in flight grew from the first window to the last, as
+    a share of a window's arrivals. A server that does not keep up queues the difference, so
+    its windows can agree with each other (the same completed/arrived share, latencies that
+    all lie in a long queue) while no steady state exists."""
+    per_window = sum(w.arrivals or 0 for w in ws) / len(ws)
+    return (ws[-1].inflight - ws[0].inflight) / per_window if per_window > 0 else 0.0
+
+
 def stability(series: list[Window], n: int, tolerance: float) -> Stability:
     """perf_analyzer's rule: stable when the last `n` full windows agree within `tolerance`
     (max/min - 1) on throughput (open loop: completions per scheduled arrival, since the raw
     QPS of a window follows its random arrivals), on p99 and on p50, each beyond what the
     window's edges or sampling alone explain (see `agreement`). The stable run then reaches
     back over every earlier window that agrees with those `n` within the tolerance, up to the
-    first that does not (a transient start, a slowdown): the figures cover that run."""
+    first that does not (a transient start, a slowdown): the figures cover that run. In open
+    loop a growing backlog is never stable, however alike its windows look."""
     full = [w for w in series if not w.partial]
     open_loop = any(w.arrivals is not None for w in full)
     what = "completed/arrived" if open_loop else "QPS"
@@ -494,6 +504,15 @@ def stability(series: list[Window], n: int, tolerance: float) -> Stability:
             False,
             f"the last {n} windows of {length:g} s disagree: {'; '.join(problems)} "
             f"(tolerance {tolerance:.0%})",
+            agree.throughput_spread,
+            agree.p99_spread,
+        )
+    if open_loop and (growth := _backlog_growth(last)) > tolerance:
+        return Stability(
+            False,
+            f"the backlog grows: {last[0].inflight:.0f} -> {last[-1].inflight:.0f} requests "
+            f"in flight over the last {n} windows ({growth:.0%} of a window's arrivals, "
+            f"tolerance {tolerance:.0%}): the server does not keep up with the arrivals",
             agree.throughput_spread,
             agree.p99_spread,
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -318,6 +319,24 @@ def test_a_steady_open_loop_run_at_50_per_s_is_stable_in_19_of_20_seeds():
         old_rule_unstable += max(qps) / min(qps) - 1 > 0.10 or agree.p99_spread > 0.10
     assert stable >= 19, stable
     assert old_rule_unstable >= 10, old_rule_unstable
+
+
+def test_an_overloaded_open_loop_run_is_never_stable():
+    """Arrivals at 120/s into a server of 85/s, as a real search probe measured it: every
+    window completes the same share of its arrivals (0.71) and its latencies all sit in one
+    long queue whose sampling ranges overlap - the windows agree with each other and were
+    judged stable, with p50 5.2 s. But the backlog grows by 70 requests a window."""
+
+    def overloaded(i: int, inflight: float) -> Window:
+        w = _w(i, 85, 5700, p50=5200, band=0.3)
+        return replace(w, arrivals=240, throughput=170 / 240, inflight=inflight)
+
+    series = [overloaded(i, 300 + 70 * i) for i in range(3)]
+    st = stability(series, 3, 0.10)
+    assert not st.stable and "the backlog grows: 300 -> 440 requests in flight" in st.reason
+    # a steady queue (the same windows, the backlog not growing) is stable
+    steady = [replace(w, inflight=300) for w in series]
+    assert stability(steady, 3, 0.10).stable
 
 
 def test_a_steady_closed_loop_run_is_stable_in_19_of_20_seeds():

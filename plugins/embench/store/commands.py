@@ -146,6 +146,16 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _show(
+    args: argparse.Namespace, rows: list[dict[str, Any]], title: str, columns: list[str]
+) -> None:
+    """The rows as JSON (`--json`) or as a table of `columns`."""
+    if args.json:
+        _print_json(rows)
+    else:
+        _table(title, rows, columns)
+
+
 def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
     table = Table(title=title)
     for column in columns:
@@ -203,11 +213,8 @@ def cmd_history(args: argparse.Namespace) -> int:
             until=args.until,
             limit=args.limit,
         )
-    if args.json:
-        _print_json(points)
-    else:
-        columns = ["time", "value", "variant", "runtime", "scenario", "valid", "verdict", "run_id"]
-        _table(f"{args.model}: {args.metric}", points, columns)
+    columns = ["time", "value", "variant", "runtime", "scenario", "valid", "verdict", "run_id"]
+    _show(args, points, f"{args.model}: {args.metric}", columns)
     return 0
 
 
@@ -240,11 +247,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     with session_scope(_engine(args)) as session:
         runs = list_runs(session, _run_filter(args), limit=args.limit)
-    if args.json:
-        _print_json(runs)
-    else:
-        columns = ["started_at", "doc_run_id", "model", "variant", "runtime", "status"]
-        _table("runs", runs, [*columns, "scenarios", "regressions"])
+    columns = ["started_at", "doc_run_id", "model", "variant", "runtime", "status"]
+    _show(args, runs, "runs", [*columns, "scenarios", "regressions"])
     return 0
 
 
@@ -254,11 +258,8 @@ def cmd_latest(args: argparse.Namespace) -> int:
 
     with session_scope(_engine(args)) as session:
         rows = latest_comparison(session, args.model)
-    if args.json:
-        _print_json(rows)
-    else:
-        columns = ["model", "variant", "runtime", "scenario", *COMPARISON_METRICS]
-        _table("latest runs", rows, [*columns, "model_load_ms"])
+    columns = ["model", "variant", "runtime", "scenario", *COMPARISON_METRICS]
+    _show(args, rows, "latest runs", [*columns, "model_load_ms"])
     return 0
 
 
@@ -315,10 +316,7 @@ def cmd_baseline_list(args: argparse.Namespace) -> int:
 
     with session_scope(_engine(args)) as session:
         marks = list_marks(session, args.model)
-    if args.json:
-        _print_json(marks)
-    else:
-        _table("baseline marks", marks, MARK_COLUMNS)
+    _show(args, marks, "baseline marks", MARK_COLUMNS)
     return 0
 
 
