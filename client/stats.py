@@ -17,8 +17,9 @@ values after the run, so the hot path only appends to lists.
 
 from __future__ import annotations
 
+import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -170,6 +171,37 @@ def percentiles_with_intervals(
     return {
         k: percentile_with_interval(v, q, confidence, design_effect) for k, q in PERCENTILES.items()
     }
+
+
+def with_window_spread(
+    pct: dict[str, Percentile],
+    start_s: np.ndarray,
+    latency_ms: np.ndarray,
+    edges_s: list[float],
+) -> dict[str, Percentile]:
+    """Each percentile's interval widened to hold the batch-means interval of the same
+    percentile over the windows (requests by start time, `edges_s` the windows' bounds).
+    The order-statistic interval holds for a sample from one distribution; a host that
+    drifts within the run moves the windows apart, and only they show it. A percentile a
+    window is too small for (fewer requests than its tail needs) keeps its own interval."""
+    if len(edges_s) < 4:  # three windows at least
+        return pct
+    out = dict(pct)
+    batches = [
+        np.sort(latency_ms[(start_s >= lo) & (start_s < hi)])
+        for lo, hi in itertools.pairwise(edges_s)
+    ]
+    for key, q in PERCENTILES.items():
+        current = pct[key]
+        if current.value is None or current.low is None or current.high is None:
+            continue
+        if any(b.size < 100 / (100 - q) for b in batches):
+            continue
+        spread = mean_interval([nearest_rank(b, q) for b in batches])
+        if spread is not None:
+            low, high = min(current.low, spread[0]), max(current.high, spread[1])
+            out[key] = replace(current, low=max(low, 0.0), high=high)
+    return out
 
 
 def mean_interval(values: list[float]) -> tuple[float, float] | None:

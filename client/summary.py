@@ -42,6 +42,7 @@ from client.stats import (
     stability,
     tail_design_effect,
     window_length,
+    with_window_spread,
 )
 
 # SLO met: p99 within it and fewer errors than this (the search's default bound as well)
@@ -135,6 +136,11 @@ def summarize(
     tokens_per_s = server_tokens_per_s if every_count and server_tokens_per_s else None
     checked = [w for w in series if w.index in stable_ids] or [w for w in series if not w.partial]
     qps_ci = mean_interval([w.qps for w in checked])
+    # percentile intervals also hold the spread between the windows (a drifting host)
+    edges = [t0 + w.start_s for w in checked] + ([t0 + checked[-1].end_s] if checked else [])
+    starts = a.start[measured]
+    pct = with_window_spread(pct, starts, latency_all, edges)
+    pct_ok = with_window_spread(pct_ok, starts[a.ok[measured]], latency_ok, edges)
 
     # open loop: arrivals due in the interval, and those never sent
     scheduled = dropped = None

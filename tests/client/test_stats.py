@@ -29,6 +29,7 @@ from client.stats import (
     tail_design_effect,
     window_length,
     windows,
+    with_window_spread,
 )
 
 # ------------------------------------------------------------------ percentiles
@@ -108,6 +109,28 @@ def test_percentile_intervals_cover_the_true_quantiles_of_a_uniform():
         assert pct["p999"].note == "needs at least 3688 requests for a 95% interval; 1000 measured"
     for key, count in hits.items():
         assert count / trials >= 0.93, (key, count)
+
+
+def test_percentile_intervals_hold_a_drift_between_the_windows():
+    """Three windows of 400 requests whose level drifts by 0, +10%, +20% (a host slowing
+    down): the order-statistic interval describes one distribution and is narrow; the run's
+    p50 interval must also hold the windows' spread. Without drift it grows only by what three
+    windows' Student-t quantile (4.3) costs."""
+    rng = np.random.default_rng(7)
+    start = np.arange(1200) / 100.0  # 100 requests/s, windows of 4 s
+    base = rng.uniform(10, 12, 1200)
+    edges = [0.0, 4.0, 8.0, 12.0]
+    drifting = base * np.repeat([1.0, 1.1, 1.2], 400)
+    plain = percentiles_with_intervals(drifting)
+    widened = with_window_spread(plain, start, drifting, edges)
+    window_p50s = [float(np.median(drifting[i * 400 : (i + 1) * 400])) for i in range(3)]
+    assert plain["p50"].high < max(window_p50s)  # one distribution: too narrow for the drift
+    assert widened["p50"].low <= min(window_p50s) and widened["p50"].high >= max(window_p50s)
+    assert widened["p50"].value == plain["p50"].value
+    assert widened["p999"] == plain["p999"]  # windows too small for p99.9: unchanged
+    steady = percentiles_with_intervals(base)
+    kept = with_window_spread(steady, start, base, edges)
+    assert kept["p50"].high - kept["p50"].low < 3 * (steady["p50"].high - steady["p50"].low)
 
 
 def test_a_percentile_the_sample_cannot_bound_is_none_with_what_it_needs():
