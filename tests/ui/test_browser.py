@@ -129,7 +129,9 @@ def test_report_file_renders_offline(
     assert browser.series_points(driver, "chart-qps") == 2 * 3
     assert browser.series_points(driver, "chart-latency") == 2 * 2 * 3
     regressed = driver.execute_script("return document.querySelectorAll('td.regressed').length;")
-    assert regressed == 3  # fp32 p99 in each scenario
+    # every regressed figure of the data is marked in its cell (the seed's fp32 p99)
+    marked = [m for row in data.rows for m in row["verdicts"].values() if m == "regressed"]
+    assert regressed == len(marked) >= 1
     resources = driver.execute_script(
         "return performance.getEntriesByType('resource').map(e => e.name);"
     )
