@@ -192,6 +192,10 @@ class RawMeasurement:
     schedule: np.ndarray | None = None  # open loop: every arrival scheduled before t1
     dispatched: int = 0  # open loop: arrivals sent before t1 (all of them, warm-up included)
     loop_lags: list[tuple[float, float]] = field(default_factory=list)  # (when, lag s)
+    # stop_when_slo_missed: measured requests over the SLO when it stopped the measurement,
+    # and the count at which p99 must exceed it
+    slo_breaches: int = 0
+    slo_breach_limit: int | None = None
 
 
 def measure_windows(
@@ -270,6 +274,12 @@ class LoadEngine:
         self.dispatched = 0
         self._slots = asyncio.Semaphore(options.max_connections)
         self.loop_lags: list[tuple[float, float]] = []
+        # stop_when_slo_missed: measured requests slower than the SLO so far, and the count at
+        # which p99 must exceed it (set when measuring starts)
+        self.slo_s = params.slo_p99_ms / 1e3 if params.stop_when_slo_missed else None
+        self.slo_breaches = 0
+        self.slo_breach_limit: int | None = None
+        self.overloaded_since = math.inf
 
     # ------------------------------------------------------------- one request
 
@@ -327,6 +337,8 @@ class LoadEngine:
             self.measured_done += 1
             if kind is not None:
                 self.measured_errors += 1
+            if self.slo_s is not None and end - start > self.slo_s:
+                self.slo_breaches += 1
         if kind is not None and kind not in rec.error_samples:
             rec.error_samples[kind] = message[:300]
         return retry_after
@@ -438,6 +450,34 @@ class LoadEngine:
         held = sum(w.requests for w in series[st.first or 0 :] if not w.partial)
         return st, held if st.stable else 0
 
+    def _slo_breach_limit(self) -> int | None:
+        """How many measured requests over the SLO make p99 exceed it whatever follows: the
+        measurement holds at most the arrivals scheduled before max_duration_s (one second
+        of slack for the stop's last poll), and p99 (nearest rank) of n latencies exceeds
+        the SLO once floor(n / 100) + 1 of them do - a count that grows with n, so the
+        largest n bounds it."""
+        if self.slo_s is None or self.schedule is None:
+            return None
+        horizon = self.t0 + self.params.max_duration_s + 1.0
+        arrivals = len(self.schedule.until(horizon)) - len(self.schedule.until(self.t0))
+        return arrivals // 100 + 1
+
+    def _slo_missed(self, now: float) -> bool:
+        """p99 over the measurement can no longer meet the SLO, and the server is overloaded
+        now, not only earlier: for at least the SLO's length, more requests have been in
+        flight than arrive within the SLO (by Little's law their mean latency is then above
+        it). The second part keeps a stall that has passed (its requests finish together,
+        and the queue empties), which the stable windows' figures may leave out, from
+        ending a probe that could still pass."""
+        limit, slo_s, rate = self.slo_breach_limit, self.slo_s, self.params.rate
+        if limit is None or slo_s is None or rate is None or self.slo_breaches < limit:
+            return False
+        if self.inflight <= rate * slo_s:
+            self.overloaded_since = math.inf
+            return False
+        self.overloaded_since = min(self.overloaded_since, now)
+        return now - self.overloaded_since >= slo_s
+
     def _size_windows(self, throughput: float | None) -> None:
         sp, p = self.stability_params, self.params
         self.window_s, self.window_note = window_length(
@@ -493,6 +533,7 @@ class LoadEngine:
         warmup_incomplete = False
         stop_reason = "interrupted"
         final: Stability | None = None
+        breaches_at_stop = 0
         try:
             # warm-up: until `requests` completed and `duration_s` passed (bounded)
             while not self.interrupt.is_set():
@@ -515,6 +556,7 @@ class LoadEngine:
             expected = p.rate if p.mode == "open" else self._warmup_throughput()
             if expected is not None:
                 self._size_windows(expected)
+            self.slo_breach_limit = self._slo_breach_limit()
             last_boundary = 0
             while not self.interrupt.is_set():
                 now = time()
@@ -543,6 +585,9 @@ class LoadEngine:
                             break
                 if elapsed >= p.max_duration_s:
                     stop_reason = "max_duration"
+                    break
+                if self._slo_missed(now):
+                    stop_reason, breaches_at_stop = "slo_missed", self.slo_breaches
                     break
                 await self._wait(POLL_S)
             interrupted = self.interrupt.is_set()
@@ -621,6 +666,8 @@ class LoadEngine:
             schedule=self.schedule.until(self.t1) if self.schedule is not None else None,
             dispatched=self.dispatched,
             loop_lags=self.loop_lags,
+            slo_breaches=breaches_at_stop,
+            slo_breach_limit=self.slo_breach_limit,
         )
 
 

@@ -39,7 +39,9 @@ SCHEMA_VERSION = "2.0"
 SCHEMA_MAJOR = SCHEMA_VERSION.split(".")[0]
 
 Severity = Literal["invalid", "warning"]
-StopReason = Literal["min_reached", "stable", "max_trials", "max_duration", "interrupted"]
+StopReason = Literal[
+    "min_reached", "stable", "max_trials", "max_duration", "slo_missed", "interrupted"
+]
 
 # Codes of validity flags (severity in brackets).
 FLAG_CODES: dict[str, str] = {
@@ -53,6 +55,8 @@ FLAG_CODES: dict[str, str] = {
     "schedule_lag": "open loop: the client fell behind its send schedule: p99 lag above "
     "max_schedule_lag_ms [warning]; above schedule_lag_limit_ms, or arrivals never sent "
     "[invalid]",
+    "slo_missed": "stopped early: more requests exceeded the SLO than p99 allows of all the "
+    "arrivals the measurement could hold (stop_when_slo_missed) [invalid]",
     "warmup_incomplete": "warm-up ended by the time bound, not by its targets [warning]",
     "resource_sampling": "server resources could not be sampled [warning]",
     "search_above_high": "search: even search.high met the SLO; the peak is above it [invalid]",

@@ -214,95 +214,31 @@ async def _run(req: RunRequest, interrupt: asyncio.Event, reporter: Reporter) ->
         )
         write_atomic(req.out, result)
 
-        url = join_url(req.url, ENDPOINT_PATHS[options.endpoint])
-
-        def keys_of(params: ScenarioParams) -> tuple[ScenarioDefinition, str]:
-            """The scenario's definition and its history (comparability) key."""
-            definition = definition_of(params, options, corpus.sha256, counter.name)
-            key = comparability_key(
-                metadata.model,
-                metadata.variant,
-                metadata.runtime,
-                definition.key(),
-                metadata.server_config_key,
-                env.hardware_key,
-            )
-            return definition, key
-
-        async def measure(params: ScenarioParams, index: int) -> tuple[ScenarioResult, bool]:
-            """One measurement at one load (a scenario, or one probe of a search): its result
-            and whether it was interrupted."""
-            definition, key = keys_of(params)
-            metrics_before = await fetch_metrics(control, req.url)
-            limit = params.concurrency if params.mode == "closed" else options.max_connections
-            connector = aiohttp.TCPConnector(limit=limit or 1, limit_per_host=0)
-            timeout = aiohttp.ClientTimeout(total=options.request_timeout_s)
-            async with aiohttp.ClientSession(
-                connector=connector, timeout=timeout, skip_auto_headers=("User-Agent",)
-            ) as session:
-                engine = LoadEngine(
-                    session,
-                    url,
-                    params,
-                    req.warmup,
-                    req.stability,
-                    options,
-                    Workload(source, params, options),
-                    interrupt,
-                    sampler,
-                )
-                reporter.scenario_started(index, len(req.scenarios), engine)
-                ticker = asyncio.ensure_future(_tick(reporter, engine))
-                try:
-                    raw = await engine.run()
-                finally:
-                    ticker.cancel()
-            metrics_after = await fetch_metrics(control, req.url)
-            scenario = summarize(
-                raw,
-                definition=definition,
-                comparability_key=key,
-                warmup=req.warmup,
-                stability_params=req.stability,
-                options=options,
-                wall_at_clock_zero=wall_at_clock_zero,
-                resource_source=sampler.source if sampler else None,
-                metrics_delta=metrics_delta(metrics_before, metrics_after),
-            )
-            return scenario, raw.interrupted
-
-        async def settle() -> bool:
-            """Between two probes of a search: the server answers again (False: interrupted)."""
-            try:
-                await _race(wait_ready(control, req.url, min(req.wait_timeout_s, 10)), interrupt)
-            except Interrupted:
-                return False
-            return True
-
+        measurer = Measurer(
+            req=req,
+            control=control,
+            url=join_url(req.url, ENDPOINT_PATHS[options.endpoint]),
+            source=source,
+            corpus_sha256=corpus.sha256,
+            token_counter=counter.name,
+            metadata=metadata,
+            hardware_key=env.hardware_key,
+            sampler=sampler,
+            interrupt=interrupt,
+            reporter=reporter,
+            wall_at_clock_zero=wall_at_clock_zero,
+        )
         status_reason: str | None = None
         status = "complete"
         for index, params in enumerate(req.scenarios, start=1):
             if interrupt.is_set():
                 break
-            if params.search is None:
-                scenario, interrupted = await measure(params, index)
-            else:
-
-                async def probe(p: ScenarioParams, index: int = index) -> ScenarioResult:
-                    probe_result, _ = await measure(p, index)
-                    reporter.scenario_finished(probe_result)
-                    return probe_result
-
-                definition, key = keys_of(params)
-                try:
-                    scenario = await run_search(
-                        params, definition, key, probe, settle, reporter.message
-                    )
-                except ServerUnreachable as exc:
-                    status, status_reason = "failed", f"server went away in {params.name}: {exc}"
-                    reporter.message(f"error: {status_reason}")
-                    break
-                interrupted = scenario.status == "incomplete"
+            try:
+                scenario, interrupted = await measurer.scenario(params, index)
+            except ServerUnreachable as exc:
+                status, status_reason = "failed", f"server went away in {params.name}: {exc}"
+                reporter.message(f"error: {status_reason}")
+                break
             result.scenarios.append(scenario)
             result.status_reason = f"running: {index} of {len(req.scenarios)} scenarios done"
             write_atomic(req.out, result)
@@ -311,9 +247,7 @@ async def _run(req: RunRequest, interrupt: asyncio.Event, reporter: Reporter) ->
                 break
             if index < len(req.scenarios) and not interrupt.is_set():
                 try:
-                    await _race(
-                        wait_ready(control, req.url, min(req.wait_timeout_s, 10)), interrupt
-                    )
+                    await measurer.ready()
                 except ServerUnreachable as exc:
                     status, status_reason = "failed", f"server went away after {params.name}: {exc}"
                     reporter.message(f"error: {status_reason}")
@@ -335,6 +269,115 @@ async def _run(req: RunRequest, interrupt: asyncio.Event, reporter: Reporter) ->
         )
         write_atomic(req.out, result)
         return result
+
+
+@dataclass
+class Measurer:
+    """Measures the run's scenarios against one server: a plain scenario is one measurement
+    at one load; a search is a bisection over such measurements (its probes)."""
+
+    req: RunRequest
+    control: aiohttp.ClientSession  # /metrics, /health: apart from the load's connections
+    url: str  # the endpoint the load goes to
+    source: TextSource
+    corpus_sha256: str
+    token_counter: str
+    metadata: RunMetadata
+    hardware_key: str
+    sampler: ServerSampler | None
+    interrupt: asyncio.Event
+    reporter: Reporter
+    wall_at_clock_zero: float
+
+    def keys_of(self, params: ScenarioParams) -> tuple[ScenarioDefinition, str]:
+        """The scenario's definition and its history (comparability) key."""
+        options, metadata = self.req.options, self.metadata
+        definition = definition_of(params, options, self.corpus_sha256, self.token_counter)
+        key = comparability_key(
+            metadata.model,
+            metadata.variant,
+            metadata.runtime,
+            definition.key(),
+            metadata.server_config_key,
+            self.hardware_key,
+        )
+        return definition, key
+
+    async def scenario(self, params: ScenarioParams, index: int) -> tuple[ScenarioResult, bool]:
+        """One scenario of the run: its result and whether it was interrupted. Raises
+        ServerUnreachable when the server goes away between a search's probes."""
+        if params.search is None:
+            return await self.measure(params, index)
+
+        async def probe(p: ScenarioParams) -> ScenarioResult:
+            probe_result, _ = await self.measure(p, index)
+            self.reporter.scenario_finished(probe_result)
+            return probe_result
+
+        definition, key = self.keys_of(params)
+        scenario = await run_search(
+            params, definition, key, probe, self.settle, self.reporter.message
+        )
+        return scenario, scenario.status == "incomplete"
+
+    async def measure(self, params: ScenarioParams, index: int) -> tuple[ScenarioResult, bool]:
+        """One measurement at one load (a scenario, or one probe of a search): its result
+        and whether it was interrupted."""
+        req, options, sampler = self.req, self.req.options, self.sampler
+        definition, key = self.keys_of(params)
+        metrics_before = await fetch_metrics(self.control, req.url)
+        limit = params.concurrency if params.mode == "closed" else options.max_connections
+        connector = aiohttp.TCPConnector(limit=limit or 1, limit_per_host=0)
+        timeout = aiohttp.ClientTimeout(total=options.request_timeout_s)
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=timeout, skip_auto_headers=("User-Agent",)
+        ) as session:
+            engine = LoadEngine(
+                session,
+                self.url,
+                params,
+                req.warmup,
+                req.stability,
+                options,
+                Workload(self.source, params, options),
+                self.interrupt,
+                sampler,
+            )
+            self.reporter.scenario_started(index, len(req.scenarios), engine)
+            ticker = asyncio.ensure_future(_tick(self.reporter, engine))
+            try:
+                raw = await engine.run()
+            finally:
+                ticker.cancel()
+        metrics_after = await fetch_metrics(self.control, req.url)
+        scenario = summarize(
+            raw,
+            definition=definition,
+            comparability_key=key,
+            warmup=req.warmup,
+            stability_params=req.stability,
+            options=options,
+            wall_at_clock_zero=self.wall_at_clock_zero,
+            resource_source=sampler.source if sampler else None,
+            metrics_delta=metrics_delta(metrics_before, metrics_after),
+        )
+        return scenario, raw.interrupted
+
+    async def settle(self) -> bool:
+        """Between two probes of a search: the server answers again (False: interrupted)."""
+        try:
+            await self.ready()
+        except Interrupted:
+            return False
+        return True
+
+    async def ready(self) -> None:
+        """Wait until the server answers again (at most 10 s); raises Interrupted or
+        ServerUnreachable."""
+        await _race(
+            wait_ready(self.control, self.req.url, min(self.req.wait_timeout_s, 10)),
+            self.interrupt,
+        )
 
 
 async def _tick(reporter: Reporter, engine: LoadEngine) -> None:

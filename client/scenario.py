@@ -161,6 +161,10 @@ class ScenarioParams(ParamsModel):
     length_bucket: LengthBucket = "short"
     # a latency SLO: the result gains goodput (requests that met it, per second) and slo_met
     slo_p99_ms: PositiveFloat | None = None
+    # open loop with an SLO: stop as soon as more requests have exceeded it than p99 allows
+    # of all the arrivals max_duration_s can hold (the SLO can no longer be met); a search
+    # sets it on its probes, so that an overloaded probe ends in seconds, not at the bound
+    stop_when_slo_missed: bool = False
     # a search scenario: the peak load under an SLO (its rate or concurrency is searched)
     search: SearchParams | None = None
 
@@ -189,6 +193,15 @@ class ScenarioParams(ParamsModel):
             raise ValueError(
                 f"slo_p99_ms ({self.slo_p99_ms:g}) differs from search.slo_p99_ms "
                 f"({self.search.slo_p99_ms:g}); give the SLO once, in search"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _stop_when_slo_missed(self) -> ScenarioParams:
+        if self.stop_when_slo_missed and (self.mode != "open" or self.slo_p99_ms is None):
+            raise ValueError(
+                "stop_when_slo_missed needs mode: open and slo_p99_ms (the arrivals the "
+                "measurement can hold bound how many requests p99 lets exceed the SLO)"
             )
         return self
 

@@ -53,7 +53,9 @@ def _valid(r: ScenarioResult, s: SearchParams) -> str | None:
 
 def _stable(r: ScenarioResult, s: SearchParams) -> str | None:
     # checked apart from `valid`: figures that never settled are no evidence of meeting an SLO
-    return None if r.stable else f"unstable: {r.stability_reason}"
+    if r.stable or r.stop_reason == "slo_missed":  # stopped before it could settle: _valid says
+        return None
+    return f"unstable: {r.stability_reason}"
 
 
 def _meets_slo(r: ScenarioResult, s: SearchParams) -> str | None:
@@ -176,6 +178,9 @@ def probe_params(params: ScenarioParams, load: float, index: int) -> ScenarioPar
         "search": None,
         search.over: value,
         "slo_p99_ms": search.slo_p99_ms,  # each probe's goodput and slo_met
+        # an overloaded rate probe ends once its p99 cannot meet the SLO (a closed loop has
+        # no arrival count to bound it, and builds no backlog to wait out)
+        "stop_when_slo_missed": search.over == "rate",
     }
     return params.model_copy(update=update)
 

@@ -215,8 +215,19 @@ def summarize(
             f"{finished} requests in max_duration_s={p.max_duration_s:g}, "
             f"min_requests={p.min_requests}",
         )
+    if raw.stop_reason == "slo_missed":
+        flag(
+            "slo_missed",
+            "invalid",
+            f"stopped after {measured_s:.1f} s, when {raw.slo_breaches} requests had taken "
+            f"longer than the {p.slo_p99_ms:g} ms SLO: p99 exceeds it once "
+            f"{raw.slo_breach_limit} of the arrivals max_duration_s={p.max_duration_s:g} "
+            "(+1 s) can hold do, and for the SLO's length more requests were in flight than "
+            "arrive within it",
+        )
     stability_reason = stab.reason + (f"; {window_note}" if window_note else "")
-    if not stab.stable and not raw.interrupted:
+    # a measurement stopped because the SLO was missed was never meant to settle
+    if not stab.stable and not raw.interrupted and raw.stop_reason != "slo_missed":
         checks = f"{raw.trials} check(s)" if raw.trials else "no check (too short)"
         flag(
             "unstable",

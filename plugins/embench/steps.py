@@ -22,7 +22,7 @@ from embench.errors import ConfigError, EmbenchError
 from embench.hosts import Host, make_provisioner
 from embench.launch.docker_server import RunIsLive, deployment_name
 from embench.launch.handle import ServerHandle
-from embench.launch.host_probe import attach_host_probe, host_probe, probe_or_note
+from embench.launch.host_probe import HostCalibration
 from embench.launch.site import DockerSite, Site, open_site
 from embench.paths import data_dir
 from embench.provenance import git_sha
@@ -328,30 +328,29 @@ def run_benchmark(
     so that the retry, which starts a new server, measures again. The host probe runs on the
     server's cores before and after the scenarios (the server idle) and goes into the result:
     a failed probe is a note there, never the benchmark's failure."""
-    notes: list[str] = []
     with open_site(provisioned, config) as site:
         handle = _server_answering(site, prepared, ServerHandle.from_dict(server), ctx)
         scenarios = write_run_scenarios(prepared, ctx, config, handle)
         out = result_path(ctx)
         out.unlink(missing_ok=True)  # a failed earlier try's partial result
-        before = probe_or_note(lambda: site.probe_host(handle), "before", notes)
+        calibration = HostCalibration(site, handle)
+        calibration.before()
         try:
             site.run_client(
                 handle, scenarios, out, client_name(ctx), ctx.container_labels(), timeout_s
             )
         finally:
             stopped = _server_failure(site, handle)
-        after = None if stopped else probe_or_note(lambda: site.probe_host(handle), "after", notes)
-        cpuset = _server_cpuset(site, handle, notes)
-    if stopped:
-        out.unlink(missing_ok=True)
-        raise EmbenchError(
-            f"the server {handle.name} stopped during the benchmark ({stopped}); "
-            "its partial result was discarded"
-        )
-    if not out.is_file():
-        raise EmbenchError(f"the load client finished without writing {out}")
-    attach_host_probe(out, host_probe(cpuset, before, after, notes), notes)
+        if stopped:
+            out.unlink(missing_ok=True)
+            raise EmbenchError(
+                f"the server {handle.name} stopped during the benchmark ({stopped}); "
+                "its partial result was discarded"
+            )
+        calibration.after()
+        if not out.is_file():
+            raise EmbenchError(f"the load client finished without writing {out}")
+        calibration.attach(out)
     summary = json.loads(out.read_text())
     log.info(
         "result %s: status %s, %d scenario(s)",
@@ -360,14 +359,6 @@ def run_benchmark(
         len(summary.get("scenarios", [])),
     )
     return str(out)
-
-
-def _server_cpuset(site: Site, handle: ServerHandle, notes: list[str]) -> str | None:
-    try:
-        return site.server_cpuset(handle)
-    except Exception as exc:  # only the probe's record lacks it: not worth a failed run
-        notes.append(f"the server's cpuset could not be read for the host probe: {exc}")
-        return None
 
 
 def _server_failure(site: Site, handle: ServerHandle) -> str | None:

@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -254,7 +255,9 @@ def test_rate_search_finds_a_known_capacity(fake_server, tmp_path):
     # the search's figures are those of its best probe
     assert r.qps == best.qps and r.p99_ms == best.p99_ms and r.p99_ms <= 60
     assert r.slo_p99_ms == 60 and r.slo_met and r.goodput_per_s is not None
-    assert r.search_probes[0].p99_ms > 60 and not r.search_probes[0].passed
+    # 250/s overloads it: that probe ends as soon as its p99 cannot meet the SLO
+    first = r.search_probes[0]
+    assert not first.passed and "slo_missed" in first.reason and first.duration_s < 5
     assert r.name == "peak" and r.params.search is not None and r.params.rate is None
     assert r.definition.search is not None and r.definition.rate is None
     assert "bracket width" in (r.search_reason or "")
@@ -262,6 +265,49 @@ def test_rate_search_finds_a_known_capacity(fake_server, tmp_path):
     assert "search peak: probe 1 (at most 8): rate 250/s" in log
     assert "scenario peak.p1-r250:" in log
     assert f"peak rate {r.peak_load:g}" in log
+
+
+def test_an_overloaded_rate_probe_stops_once_its_p99_cannot_meet_the_slo(fake_server, tmp_path):
+    # a 6 ms server (166.7/s at most) offered 400/s: the queue, and each latency, grow by 8 ms
+    # a request, so the 60 ms SLO is passed within the first tenth of a second. The probe may
+    # run 30 s (12,400 arrivals with the stop's 1 s of slack: p99 exceeds the SLO once 125
+    # exceed it) and stops
+    # at that count, about a second in; a probe under the capacity is never stopped this way.
+    url = fake_server.url(fifo=1, delay="fixed:6")
+    common = {"mode": "open", "arrival": "constant", "slo_p99_ms": 60, "min_requests": 400}
+    common |= {"min_duration_s": 1.0, "max_duration_s": 30.0, "stop_when_slo_missed": True}
+    over, _ = run_search_scenario(url, {"name": "over", "rate": 400, **common}, tmp_path / "o")
+    assert over.stop_reason == "slo_missed" and not over.valid
+    (flag,) = [f for f in over.flags if f.code == "slo_missed"]
+    breaches = re.search(r"when (\d+) requests had taken longer than the 60 ms SLO", flag.message)
+    assert breaches and 125 <= int(breaches[1]) < 200, flag.message  # checked every poll
+    assert "p99 exceeds it once 125 of the arrivals" in flag.message
+    assert "unstable" not in [f.code for f in over.flags]  # it was never meant to settle
+    assert over.duration_s < 5, over.duration_s
+    assert over.p99_ms is None or over.p99_ms > 60
+    under, _ = run_search_scenario(url, {"name": "under", "rate": 100, **common}, tmp_path / "u")
+    assert under.stop_reason == "stable" and under.valid, under.flags
+    # a search's rate probes carry the rule; a plain scenario and closed-loop probes do not
+    rate_search = {"over": "rate", "slo_p99_ms": 50, "low": 1, "high": 9}
+    params = ScenarioParams.model_validate({"name": "s", "mode": "open", "search": rate_search})
+    assert probe_params(params, 10, 1).stop_when_slo_missed
+    with pytest.raises(ValueError, match="stop_when_slo_missed needs mode: open and slo_p99_ms"):
+        ScenarioParams.model_validate({**common, "name": "x", "rate": 1, "slo_p99_ms": None})
+
+
+def test_a_stall_that_has_passed_does_not_stop_a_probe(fake_server, tmp_path):
+    # 100/s at 5 ms, and one 0.5 s stall 0.6 s after the first request: about 50 requests
+    # miss the 60 ms SLO, far more than the 12 that p99 allows of the 1,100 arrivals 10 s
+    # can hold, but they all finish together when the stall ends, and the queue is empty
+    # again: the server is not overloaded, and the stable windows after it may still pass
+    url = fake_server.url(delay="fixed:5", stall="0.6:0.5")
+    scenario = {"name": "stall", "mode": "open", "arrival": "constant", "rate": 100}
+    scenario |= {"slo_p99_ms": 60, "stop_when_slo_missed": True, **PROBE}
+    r, _ = run_search_scenario(url, scenario, tmp_path / "r.json")
+    # the stall is in the measurement (its first window), not in the figures (stable windows)
+    assert max(w.p99_ms or 0 for w in r.windows) >= 400, r.windows
+    assert r.stop_reason != "slo_missed" and "slo_missed" not in [f.code for f in r.flags]
+    assert r.duration_s >= 2
 
 
 def test_concurrency_search_finds_the_largest_concurrency_without_errors(fake_server, tmp_path):

@@ -46,7 +46,8 @@ BAD_FILES = [
         "    concurency: 1\n",
         ":{line}: scenarios[0].concurency: unknown key 'concurency' (did you mean 'concurrency'?); "
         "expected one of: name, mode, concurrency, rate, arrival, min_requests, "
-        "min_duration_s, max_duration_s, texts_per_request, length_bucket, slo_p99_ms, search",
+        "min_duration_s, max_duration_s, texts_per_request, length_bucket, slo_p99_ms, "
+        "stop_when_slo_missed, search",
     ),
     (
         "benchmark.yaml",

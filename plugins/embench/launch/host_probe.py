@@ -11,6 +11,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -23,6 +24,10 @@ from client.result import (
     write_atomic,
 )
 from embench.errors import EmbenchError
+
+if TYPE_CHECKING:
+    from embench.launch.handle import ServerHandle
+    from embench.launch.site import Site
 
 log = logging.getLogger(__name__)
 
@@ -109,3 +114,37 @@ def attach_host_probe(out: Path, probe: HostProbe, notes: list[str]) -> None:
         write_atomic(out, result)  # all or nothing: the client's document stays on failure
     except (OSError, ValueError) as exc:  # ValidationError is a ValueError
         log.warning("could not add the host probe to %s: %s", out, exc)
+
+
+class HostCalibration:
+    """The probe around one benchmark on one site: `before()` the client runs, `after()` it
+    (only while the server still runs: its cores are what is probed), then `attach(out)`
+    records both, the server's cpuset and every note in the result document."""
+
+    def __init__(self, site: Site, handle: ServerHandle) -> None:
+        self.site = site
+        self.handle = handle
+        self.notes: list[str] = []
+        self.before_scores: ProbeScores | None = None
+        self.after_scores: ProbeScores | None = None
+
+    def before(self) -> None:
+        self.before_scores = probe_or_note(self._probe, "before", self.notes)
+
+    def after(self) -> None:
+        self.after_scores = probe_or_note(self._probe, "after", self.notes)
+
+    def attach(self, out: Path) -> None:
+        cpuset = self._cpuset()
+        probe = host_probe(cpuset, self.before_scores, self.after_scores, self.notes)
+        attach_host_probe(out, probe, self.notes)
+
+    def _probe(self) -> ProbeScores:
+        return self.site.probe_host(self.handle)
+
+    def _cpuset(self) -> str | None:
+        try:
+            return self.site.server_cpuset(self.handle)
+        except Exception as exc:  # only the probe's record lacks it: not worth a failed run
+            self.notes.append(f"the server's cpuset could not be read for the host probe: {exc}")
+            return None
