@@ -12,7 +12,7 @@
 #                 host: its key and pinned known_hosts are mounted with the config, the images
 #                 and the model are shipped there, the server and client run there. Then read
 #                 the results back through the `embench` CLI and the read-only role, and check
-#                 the Benchmarks UI plugin.
+#                 the Benchmarks UI plugin. Then down-mid-run on the same stack.
 #   down-mid-run  start a run, and as soon as its server container runs take the stack down
 #                 (`down -v`), check that the container was left behind, bring the stack up
 #                 again and check that its start (airflow-init) removed it.
@@ -198,7 +198,10 @@ api() {
         --url "http://127.0.0.1:$PORT" --user admin "$@"
 }
 
-if [ "$MODE" = down-mid-run ]; then
+# down-mid-run: start a run; as soon as one of its server containers runs, take the stack down
+# (down -v) and check that the container was left behind; bring the stack up again and check
+# that its start (airflow-init sweeps) removed it. Sets RUN_ID, AFTER_DOWN and AFTER_UP.
+down_mid_run() {
     # Three repetitions: three servers one after another, so that one is caught running.
     RUN_ID="$(api start --conf '{"repetitions": 3}')" || die "could not start a run"
     log "waiting for a server container of $RUN_ID"
@@ -222,6 +225,10 @@ if [ "$MODE" = down-mid-run ]; then
     AFTER_UP="$(run_containers --format '{{.Names}} {{.Status}}')"
     log "after up, docker ps -a (this run's containers): ${AFTER_UP:-(none)}"
     [ -z "$AFTER_UP" ] || die "the stack's start left the run's containers: $AFTER_UP"
+}
+
+if [ "$MODE" = down-mid-run ]; then
+    down_mid_run
     SUMMARY="$("$PYTHON" -c 'import json, sys
 print(json.dumps({"project": sys.argv[1], "mode": "down-mid-run", "run_id": sys.argv[2],
                   "after_down": sys.argv[3].splitlines(), "after_up": sys.argv[4].splitlines()}))' \
@@ -271,7 +278,14 @@ if reader 'CREATE TABLE smoke_write_probe (id int)' >/dev/null 2>&1 \
 fi
 log "embench_reader reads $COUNT run(s) and cannot write"
 
-SUMMARY="{\"project\": \"$PROJECT\", \"mode\": \"$MODE\", \"runs\": $RUNS_JSON, \"stored_runs_visible_to_reader\": $COUNT}"
+# then, on the same stack (one start less than a separate smoke): down mid-run, up again
+down_mid_run
+SUMMARY="$("$PYTHON" -c 'import json, sys
+print(json.dumps({"project": sys.argv[1], "mode": "defaults", "runs": json.loads(sys.argv[2]),
+                  "stored_runs_visible_to_reader": int(sys.argv[3]),
+                  "down_mid_run": {"run_id": sys.argv[4], "after_down": sys.argv[5].splitlines(),
+                                   "after_up": sys.argv[6].splitlines()}}))' \
+    "$PROJECT" "$RUNS_JSON" "$COUNT" "$RUN_ID" "$AFTER_DOWN" "$AFTER_UP")"
 [ -z "${SMOKE_RESULT:-}" ] || printf '%s\n' "$SUMMARY" >"$SMOKE_RESULT"
 echo "$SUMMARY"
 # cleanup (the EXIT trap) takes the stack down and checks that no container is left.

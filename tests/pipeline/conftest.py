@@ -24,7 +24,14 @@ def write_short_config(
     (directory / "models.yaml").write_text((REPO_ROOT / "config" / "models.yaml").read_text())
     bench = yaml.safe_load((REPO_ROOT / "config" / "benchmark.yaml").read_text())
     bench["warmup"] = {"requests": 10, "duration_s": 0.5}
-    bench["stability"] = {"window_s": 0.5, "windows": 2, "tolerance": 0.5}
+    # short windows, few checks: these tests are about the pipeline, not about stability
+    bench["stability"] = {
+        "window_s": 0.5,
+        "windows": 2,
+        "tolerance": 0.5,
+        "window_requests": 20,
+        "max_trials": 3,
+    }
     for scenario in bench["scenarios"]:
         scenario.update(
             min_requests=20, min_duration_s=scenario_seconds, max_duration_s=scenario_seconds + 4

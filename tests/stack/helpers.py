@@ -49,7 +49,13 @@ def write_short_config(directory: Path) -> Path:
         "models": ["all-minilm-l6-v2"],
         "repetitions": 1,
         "warmup": {"requests": 10, "duration_s": 0.5},
-        "stability": {"window_s": 0.5, "windows": 2, "tolerance": 0.5},
+        "stability": {
+            "window_s": 0.5,
+            "windows": 2,
+            "tolerance": 0.5,
+            "window_requests": 20,
+            "max_trials": 3,
+        },
         "server": {"threads": 1, "limits": {"cpuset": "0-1", "memory": "4g"}},
         "scenarios": [
             {
