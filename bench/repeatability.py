@@ -47,6 +47,10 @@ INTERVALS: dict[str, tuple[str, str]] = {
 }
 
 
+# P(|Z| < 1.96 / sqrt(2)): a second estimate inside the first's exact 95% interval
+IDEAL_COVERAGE = statistics.NormalDist().cdf(1.959964 / 2**0.5) * 2 - 1
+
+
 def run_round(url: str, scenarios: Path, out: Path) -> dict[str, dict[str, Any]]:
     """One client run of every scenario; each scenario's figures by name."""
     command = [sys.executable, "-m", "client", "run", "--url", url]
@@ -143,6 +147,11 @@ def main() -> int:
         print(f"  {name}: {cells}")
     share = inside / pairs if pairs else float("nan")
     print(f"  all figures: {inside}/{pairs} = {share:.0%} (goal >= 90%)")
+    print(
+        f"  (two runs of an unchanged host, each with an exact 95% interval: a run's figure "
+        f"falls inside the other's interval {IDEAL_COVERAGE:.0%} of the time, since the "
+        "difference of two estimates has sqrt(2) times the standard error of one)"
+    )
 
     pools = {figure: noise_pool(rounds, figure) for figure in ("qps", "p99_ms")}
     noise = resampled(f"recorded: {len(rounds)} rounds of {args.scenarios}, resampled", pools)
