@@ -28,7 +28,6 @@ from embench.config import ALL_VARIANTS, load_config
 
 CONFIG = load_config()
 DEFAULTS = steps.default_params(CONFIG)
-HOST_POOL = "embench_benchmark_host"  # one slot: one benchmark on a host at a time
 # Retries where a retry can help (a busy database, a slow host, a server that crashed).
 RETRY: dict[str, Any] = {
     "retries": 2,
@@ -40,7 +39,7 @@ RETRY: dict[str, Any] = {
 TEARDOWN_RETRY: dict[str, Any] = {**RETRY, "retries": 4}
 # Higher runs first when several tasks may take the host: finish one benchmark before the
 # next server starts, so that no server warms up while another is measured.
-ON_HOST = {"pool": HOST_POOL, "weight_rule": "absolute"}
+ON_HOST = {"pool": steps.HOST_POOL, "weight_rule": "absolute"}
 
 
 def ctx() -> steps.RunContext:

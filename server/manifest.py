@@ -19,9 +19,9 @@ class _Frozen(BaseModel):
 
 
 class SourceInfo(_Frozen):
-    kind: Literal["package", "local", "hub"]
-    ref: str  # package name, directory, or hub repo id
-    revision: str | None = None
+    kind: Literal["package", "local", "hub", "pypi_parts"]
+    ref: str  # package name, directory, hub repo id, or the parts (comma-separated)
+    revision: str | None = None  # hub: the revision; pypi_parts: the joined archive's sha256
     content_sha256: str
 
 

@@ -28,6 +28,8 @@ from embench.paths import data_dir
 from embench.provenance import git_sha
 
 log = logging.getLogger(__name__)
+# The Airflow pool of the tasks that use the benchmark host: one slot, one benchmark at a time.
+HOST_POOL = "embench_benchmark_host"
 
 Launcher = Literal["auto", "docker", "process"]
 TOKENIZER_FILE = "tokenizer.json"  # in every prepared model folder

@@ -149,7 +149,7 @@ BAD_FILES = [
         "      kind: package\n",
         "      kind: ftp\n",
         ":8: models.all-minilm-l6-v2.source: input tag 'ftp' found using 'kind' does not match "
-        "any of the expected tags: 'package', 'local', 'hub'",
+        "any of the expected tags: 'package', 'local', 'hub', 'pypi_parts'",
     ),
     (
         "models.yaml",

