@@ -142,26 +142,27 @@ BAD_FILES = [
         "models.yaml",
         "    pooling: mean\n",
         "    pooling: max\n",
-        ":13: models.all-minilm-l6-v2.pooling: input should be 'mean' or 'cls', got 'max'",
+        ":{line}: models.all-minilm-l6-v2.pooling: input should be 'mean' or 'cls', got 'max'",
     ),
     (
         "models.yaml",
         "      kind: package\n",
         "      kind: ftp\n",
-        ":8: models.all-minilm-l6-v2.source: input tag 'ftp' found using 'kind' does not match "
-        "any of the expected tags: 'package', 'local', 'hub', 'pypi_parts'",
+        ":{line@    source:}: models.all-minilm-l6-v2.source: input tag 'ftp' found using "
+        "'kind' does not match any of the expected tags: 'package', 'local', 'hub', "
+        "'pypi_parts'",
     ),
     (
         "models.yaml",
         "    max_seq_length: 256\n",
         "    max_seq_length: 256.5\n",
-        ":11: models.all-minilm-l6-v2.max_seq_length: expected an integer, got 256.5",
+        ":{line}: models.all-minilm-l6-v2.max_seq_length: expected an integer, got 256.5",
     ),
     (
         "models.yaml",
         "    variants: [fp32, optimized, int8]",
         "    variants: [fp32, fp16]",
-        ":15: models.all-minilm-l6-v2.variants[1]: input should be 'fp32', 'optimized' or "
+        ":{line}: models.all-minilm-l6-v2.variants[1]: input should be 'fp32', 'optimized' or "
         "'int8', got 'fp16'",
     ),
     (
