@@ -15,7 +15,8 @@ VARIANTS ?= fp32,optimized,int8
 CHECKOV := .venv-checkov/bin/checkov
 # The tests reuse the images `make images` builds instead of building their own.
 TEST_ENV := CHECKOV=$(CHECKOV) EMBENCH_SERVER_IMAGE=embench-server:onnx \
-	EMBENCH_SERVER_TORCH_IMAGE=embench-server:torch EMBENCH_CLIENT_IMAGE=embench-client:latest
+	EMBENCH_SERVER_TORCH_IMAGE=embench-server:torch \
+	EMBENCH_SERVER_OPENVINO_IMAGE=embench-server:openvino EMBENCH_CLIENT_IMAGE=embench-client:latest
 
 .PHONY: setup images run test lint clean
 

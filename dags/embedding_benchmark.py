@@ -1,18 +1,20 @@
 """
 ### Embedding benchmark
 
-Per model and variant: prepare the model (ONNX export, optimization, int8, parity gate),
-start the inference server, drive it with the load client, stop it, store the results,
+Per model, runtime and variant: prepare the model (ONNX export, optimization, int8; OpenVINO
+conversion, bf16, int8; the PyTorch model itself; a parity gate for each), start the inference
+server, drive it with the load client, stop it, store the results,
 judge them against their history. The host is provisioned first and released last.
 
     plan -> provision_host (setup)
-         -> benchmark[model x variant x repetition]:
+         -> benchmark[model x runtime x variant x repetition]:
               prepare_model -> ship_to_host -> start_server (setup) -> run_benchmark
                             -> stop_server (teardown) -> store_results
          -> release_host (teardown) -> detect_regressions (repetitions pooled) -> report
 
-Trigger it from the UI with the form (models, variants, scenarios, repetitions, provisioner,
-launcher, fail on regression) or let it run nightly. Settings: config/benchmark.yaml.
+Trigger it from the UI with the form (models, runtimes, variants, scenarios, repetitions,
+provisioner, launcher, fail on regression) or let it run nightly. Settings:
+config/benchmark.yaml.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import pendulum
 from airflow.sdk import Param, dag, get_current_context, setup, task, task_group, teardown
 
 from embench import live_runs, steps
-from embench.config import ALL_VARIANTS, load_config
+from embench.config import ALL_RUNTIMES, ALL_VARIANTS, load_config
 
 CONFIG = load_config()
 DEFAULTS = steps.default_params(CONFIG)
@@ -56,7 +58,7 @@ def run_is_live() -> steps.RunIsLive:
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
-    tags=["benchmark", "embeddings", "onnxruntime"],
+    tags=["benchmark", "embeddings", "onnxruntime", "openvino", "pytorch"],
     doc_md=__doc__,
     default_args={"execution_timeout": timedelta(minutes=30), "retries": 0},
     params={
@@ -68,12 +70,19 @@ def run_is_live() -> steps.RunIsLive:
             uniqueItems=True,
             description="Model ids from config/models.yaml.",
         ),
+        "runtimes": Param(
+            DEFAULTS["runtimes"],
+            type="array",
+            items={"type": "string", "enum": list(ALL_RUNTIMES)},
+            uniqueItems=True,
+            description="Empty: each model's own runtimes from models.yaml.",
+        ),
         "variants": Param(
             DEFAULTS["variants"],
             type="array",
             items={"type": "string", "enum": list(ALL_VARIANTS)},
             uniqueItems=True,
-            description="Empty: each model's own variants from models.yaml.",
+            description="Empty: each runtime's own variants from models.yaml.",
         ),
         "scenarios": Param(
             DEFAULTS["scenarios"],

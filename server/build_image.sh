@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Build an embench server image from server/Dockerfile with the legacy builder.
 #
-# Usage: server/build_image.sh [--target onnx|torch] [--tag TAG] [--base-image IMAGE]
-#   --target      onnx (default) or torch
+# Usage: server/build_image.sh [--target onnx|openvino|torch] [--tag TAG] [--base-image IMAGE]
+#   --target      onnx (default), openvino or torch
 #   --tag         image tag (default embench-server:<target>)
 #   --base-image  BASE_IMAGE build argument (default: $EMBENCH_BASE_IMAGE, else
 #                 embench-base:bookworm when that image exists locally, else python:3.11-slim)
@@ -25,7 +25,7 @@ while [ $# -gt 0 ]; do
         *) echo "build_image.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
-case "$TARGET" in onnx|torch) ;; *) echo "build_image.sh: --target must be onnx or torch" >&2; exit 2 ;; esac
+case "$TARGET" in onnx|openvino|torch) ;; *) echo "build_image.sh: --target must be onnx, openvino or torch" >&2; exit 2 ;; esac
 TAG="${TAG:-embench-server:$TARGET}"
 if [ -z "$BASE" ]; then
     if docker image inspect embench-base:bookworm >/dev/null 2>&1; then

@@ -31,10 +31,10 @@ class ServerSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model_dir: Path = Field(
-        description="prepared model variant (manifest.json + model.onnx); for runtime=torch "
-        "also a sentence-transformers directory"
+        description="a model variant prepared for the runtime (manifest.json and its files); "
+        "for runtime=torch also a sentence-transformers directory"
     )
-    runtime: Literal["onnx", "torch"] = "onnx"
+    runtime: Literal["onnx", "torch", "openvino"] = "onnx"
     threads: int = Field(
         default_factory=available_cpus,
         ge=1,

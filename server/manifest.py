@@ -11,7 +11,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_SCHEMA_VERSION = 1
+MANIFEST_SCHEMA_VERSION = 2
+Runtime = Literal["onnx", "torch", "openvino"]
 
 
 class _Frozen(BaseModel):
@@ -51,14 +52,18 @@ class Manifest(_Frozen):
     schema_version: int = MANIFEST_SCHEMA_VERSION
     model_id: str
     display_name: str
+    runtime: Runtime
     variant: str
+    # How the runtime opens the files, e.g. {"dtype": "bfloat16"} (torch) or
+    # {"inference_precision": "bf16"} (openvino); the server passes them on.
+    runtime_options: dict[str, str] = {}
     cache_key: str
     source: SourceInfo
     model: ModelInfo
     settings: dict[str, object]
     library_versions: dict[str, str]
     files: dict[str, FileInfo]
-    onnx_size_bytes: int
+    model_bytes: int  # the weights' files (model.onnx, openvino_model.bin, model.safetensors)
     build_seconds: float
     built_at: str
     parity: ParityInfo

@@ -1,8 +1,9 @@
 """Find, check and load the served model for the configured runtime.
 
-runtime=onnx: EMBENCH_MODEL_DIR is a prepared variant (manifest.json, model.onnx, tokenizer.json).
-runtime=torch: EMBENCH_MODEL_DIR is a sentence-transformers directory, or a prepared variant whose
-manifest names its source (a local directory, or an installed package with get_model_path());
+EMBENCH_MODEL_DIR is a variant `embench prepare` made for the server's runtime (manifest.json and
+the runtime's files: model.onnx, openvino_model.xml/.bin, or a sentence-transformers directory).
+runtime=torch also serves a plain sentence-transformers directory, or the source of a variant
+prepared for another runtime (a local directory, or an installed package with get_model_path());
 EMBENCH_TORCH_SOURCE_DIR overrides the source directory."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from server.config import ServerSettings
 from server.manifest import MANIFEST_NAME, Manifest, ModelInfo, read_manifest
+from server.runtime import create_embedder, library_versions
 from server.runtime.base import Embedder
 
 
@@ -33,6 +35,7 @@ class ModelSpec:
     manifest: Manifest | None
     manifest_sha256: str | None
     model_info: ModelInfo | None
+    runtime_options: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -78,6 +81,14 @@ def _source_dir(manifest: Manifest) -> Path:
     )
 
 
+# The files a prepared variant of each runtime must hold besides its manifest.
+REQUIRED_FILES = {
+    "onnx": ("model.onnx", "tokenizer.json"),
+    "openvino": ("openvino_model.xml", "openvino_model.bin", "tokenizer.json"),
+    "torch": ("modules.json", "tokenizer.json"),
+}
+
+
 def resolve_model(settings: ServerSettings) -> ModelSpec:
     model_dir = settings.model_dir
     if not model_dir.is_dir():
@@ -85,26 +96,34 @@ def resolve_model(settings: ServerSettings) -> ModelSpec:
     has_manifest = (model_dir / MANIFEST_NAME).is_file()
     manifest, digest = _read_manifest_checked(model_dir) if has_manifest else (None, None)
 
-    if settings.runtime == "onnx":
-        if manifest is None:
-            raise ModelDirError(
-                f"EMBENCH_MODEL_DIR={str(model_dir)!r} has no {MANIFEST_NAME}: "
-                "point it at a variant prepared by `embench prepare`"
-            )
-        for name in ("model.onnx", "tokenizer.json"):
+    if manifest is not None and manifest.runtime == settings.runtime:
+        for name in REQUIRED_FILES[settings.runtime]:
             if not (model_dir / name).is_file():
                 raise ModelDirError(f"EMBENCH_MODEL_DIR={str(model_dir)!r} has no {name}")
         return ModelSpec(
-            runtime="onnx",
+            runtime=settings.runtime,
             load_dir=model_dir,
             model_id=manifest.model_id,
             variant=manifest.variant,
             manifest=manifest,
             manifest_sha256=digest,
             model_info=manifest.model,
+            runtime_options=dict(manifest.runtime_options),
+        )
+    if settings.runtime != "torch":
+        if manifest is None:
+            raise ModelDirError(
+                f"EMBENCH_MODEL_DIR={str(model_dir)!r} has no {MANIFEST_NAME}: "
+                "point it at a variant prepared by `embench prepare`"
+            )
+        raise ModelDirError(
+            f"EMBENCH_MODEL_DIR={str(model_dir)!r} holds a variant prepared for the "
+            f"{manifest.runtime} runtime; this server runs {settings.runtime} (EMBENCH_RUNTIME): "
+            f"prepare it with `embench prepare --runtime {settings.runtime}`"
         )
 
-    # torch
+    # torch also serves a plain sentence-transformers directory, or the source of a variant
+    # prepared for another runtime (the PyTorch baseline of that very model).
     from server.runtime.torch_embedder import is_sentence_transformers_dir
 
     if settings.torch_source_dir is not None:
@@ -126,7 +145,7 @@ def resolve_model(settings: ServerSettings) -> ModelSpec:
         runtime="torch",
         load_dir=source,
         model_id=manifest.model_id if manifest else source.name,
-        variant="torch-fp32",
+        variant="fp32",
         manifest=manifest,
         manifest_sha256=digest,
         model_info=manifest.model if manifest else None,
@@ -137,34 +156,20 @@ def load_model(settings: ServerSettings, spec: ModelSpec | None = None) -> Loade
     """Load the runtime (seconds). Call off the event loop."""
     spec = spec or resolve_model(settings)
     started = time.perf_counter()
-    embedder: Embedder
-    versions: dict[str, str]
-    if spec.runtime == "onnx":
-        import onnxruntime
-        import tokenizers
-
-        from server.runtime.onnx_embedder import OnnxEmbedder
-
-        embedder = OnnxEmbedder(
-            spec.load_dir,
-            intra_op_threads=settings.threads,
-            thread_spinning=settings.spinning,
-            model_info=spec.model_info,
-        )
-        versions = {"onnxruntime": onnxruntime.__version__, "tokenizers": tokenizers.__version__}
-    else:
-        from server.runtime.torch_embedder import TorchEmbedder
-
-        torch_embedder = TorchEmbedder(
-            spec.load_dir, intra_op_threads=settings.threads, model_info=spec.model_info
-        )
-        embedder = torch_embedder
-        versions = dict(torch_embedder.library_versions)
+    embedder = create_embedder(
+        spec.runtime,
+        spec.load_dir,
+        model_info=spec.model_info,
+        options=spec.runtime_options,
+        threads=settings.threads,
+        workers=settings.workers,
+        spinning=settings.spinning,
+    )
     return LoadedModel(
         spec=spec,
         embedder=embedder,
         load_s=time.perf_counter() - started,
-        library_versions=versions,
+        library_versions=library_versions(spec.runtime),
     )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from embench.config import ALL_VARIANTS, load_config
+from embench.config import ALL_RUNTIMES, ALL_VARIANTS, load_config
 from embench.console import stdout
 from embench.errors import ConfigError, EmbenchError
 
@@ -54,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
         "prepare", help="export, optimize and quantize a model; check parity; cache the result"
     )
     prepare.add_argument("--model", required=True, help="model id from models.yaml")
+    prepare.add_argument(
+        "--runtime",
+        choices=ALL_RUNTIMES,
+        help="one runtime (default: each runtime models.yaml lists for the model)",
+    )
     prepare.add_argument(
         "--variant",
         type=_variant_list,
@@ -153,22 +158,36 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from embench.prepare import prepare_model  # keeps `embench --help` fast
+    from embench.prepare import prepare_targets  # keeps `embench --help` fast
 
     config = load_config(args.config_dir)
-    prepared = prepare_model(
-        config, args.model, args.variant, cache_root=args.cache_dir, force=args.force
+    targets = [
+        (runtime, variant)
+        for runtime, variant in config.model(args.model).targets()
+        if (args.runtime is None or runtime == args.runtime)
+        and (args.variant is None or variant in args.variant)
+    ]
+    if args.runtime and args.variant:  # variants models.yaml does not list, named explicitly
+        targets = [(args.runtime, v) for v in args.variant]
+    if not targets:
+        raise EmbenchError(
+            f"models.yaml lists no variant {', '.join(args.variant or [])} of {args.model} "
+            f"for {'the ' + args.runtime + ' runtime' if args.runtime else 'any runtime'}"
+        )
+    prepared = prepare_targets(
+        config, args.model, targets, cache_root=args.cache_dir, force=args.force
     )
     rows = [
         {
             "model": p.model_id,
+            "runtime": p.runtime,
             "variant": p.variant,
             "cache": "hit" if p.cache_hit else "built",
             "cache_hit": p.cache_hit,
             "seconds": round(p.seconds, 3),
             "path": str(p.directory),
             "manifest_sha256": p.manifest_sha256,
-            "onnx_size_bytes": p.manifest.onnx_size_bytes,
+            "model_bytes": p.manifest.model_bytes,
             "parity": p.manifest.parity.model_dump(),
         }
         for p in prepared
@@ -177,22 +196,34 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     table = Table(title=f"{args.model}: prepared variants (cosine vs PyTorch reference)")
-    for column in ("variant", "cache", "mean cos", "min cos", "gate mean/min", "MB", "s"):
+    for column in (
+        "runtime",
+        "variant",
+        "cache",
+        "mean cos",
+        "min cos",
+        "gate mean/min",
+        "MB",
+        "s",
+    ):
         table.add_column(column, no_wrap=True)
     for row in rows:
         parity = row["parity"]
         table.add_row(
+            row["runtime"],
             row["variant"],
             row["cache"],
             f"{parity['mean_cosine']:.6f}",
             f"{parity['min_cosine']:.6f}",
             f"{parity['gate_mean']}/{parity['gate_min']}",
-            f"{row['onnx_size_bytes'] / 1e6:.1f}",
+            f"{row['model_bytes'] / 1e6:.1f}",
             f"{row['seconds']:.2f}",
         )
     stdout.print(table)
     for row in rows:
-        stdout.print(f"{row['variant']}: {row['path']}", highlight=False, soft_wrap=True)
+        stdout.print(
+            f"{row['runtime']}/{row['variant']}: {row['path']}", highlight=False, soft_wrap=True
+        )
     return 0
 
 
@@ -200,7 +231,10 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config_dir)
     summary = {
         "config_dir": str(config.config_dir),
-        "models": {mid: list(m.variants) for mid, m in config.models.items()},
+        "models": {
+            mid: {runtime: list(variants) for runtime, variants in m.runtimes.items()}
+            for mid, m in config.models.items()
+        },
         "benchmark_models": config.benchmark.models,
         "scenarios": [s.name for s in config.benchmark.scenarios],
     }
@@ -208,8 +242,9 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     else:
         stdout.print(f"config OK: {config.config_dir}", highlight=False)
-        for model_id, variants in summary["models"].items():
-            stdout.print(f"  model {model_id}: {', '.join(variants)}", highlight=False)
+        for model_id, runtimes in summary["models"].items():
+            listed = "; ".join(f"{r}: {', '.join(v)}" for r, v in runtimes.items())
+            stdout.print(f"  model {model_id}: {listed}", highlight=False)
         stdout.print(f"  scenarios: {', '.join(summary['scenarios'])}", highlight=False)
     return 0
 

@@ -80,7 +80,7 @@ def _template_path() -> Path:
 
 def conf_from_args(args: argparse.Namespace) -> dict[str, Any]:
     conf: dict[str, Any] = {}
-    for key in ("models", "variants", "scenarios"):
+    for key in ("models", "runtimes", "variants", "scenarios"):
         value = getattr(args, key)
         if value:
             conf[key] = [v.strip() for v in value.split(",") if v.strip()]
@@ -109,7 +109,10 @@ def run_dag(conf: dict[str, Any]) -> tuple[str, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="embench run", description=__doc__)
     parser.add_argument("--models", help="comma-separated model ids (default: benchmark.yaml)")
-    parser.add_argument("--variants", help="comma-separated variants (default: each model's)")
+    parser.add_argument(
+        "--runtimes", help="comma-separated: onnx, torch, openvino (default: each model's)"
+    )
+    parser.add_argument("--variants", help="comma-separated variants (default: each runtime's)")
     parser.add_argument("--scenarios", help="comma-separated scenario names (default: all)")
     parser.add_argument("--repetitions", type=int)
     parser.add_argument("--provisioner", choices=["local", "ssh", "ec2"])

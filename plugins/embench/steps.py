@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from client.scenario import RunLabels
 from embench.bench import scenario_file, write_scenario_file
 from embench.config import AppConfig
-from embench.config.schema import ALL_VARIANTS
+from embench.config.schema import ALL_RUNTIMES, ALL_VARIANTS
 from embench.errors import ConfigError, EmbenchError
 from embench.hosts import Host, make_provisioner
 from embench.launch.docker_server import RunIsLive, deployment_name
@@ -94,7 +94,8 @@ class RunParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     models: list[str] = Field(min_length=1)
-    variants: list[str] = Field(default_factory=list)  # empty: each model's own list
+    runtimes: list[str] = Field(default_factory=list)  # empty: each model's own runtimes
+    variants: list[str] = Field(default_factory=list)  # empty: each runtime's own list
     scenarios: list[str] = Field(default_factory=list)  # empty: all
     repetitions: int = Field(default=1, ge=1, le=20)
     provisioner: Literal["local", "ssh", "ec2"] = "local"
@@ -106,6 +107,7 @@ def default_params(config: AppConfig) -> dict[str, Any]:
     bench = config.benchmark
     return {
         "models": list(bench.models),
+        "runtimes": list(bench.runtimes or []),
         "variants": list(bench.variants or []),
         "scenarios": [s.name for s in bench.scenarios],
         "repetitions": bench.repetitions,
@@ -124,9 +126,18 @@ def parse_params(params: dict[str, Any], config: AppConfig) -> RunParams:
         raise ConfigError(f"DAG params: {where}: {first['msg']}") from None
     for model_id in parsed.models:
         config.model(model_id)  # names the known ids when unknown
+    for runtime in parsed.runtimes:
+        if runtime not in ALL_RUNTIMES:
+            raise ConfigError(
+                f"DAG params: unknown runtime {runtime!r}; expected one of: "
+                f"{', '.join(ALL_RUNTIMES)}"
+            )
     for variant in parsed.variants:
         if variant not in ALL_VARIANTS:
-            raise ConfigError(f"DAG params: unknown variant {variant!r}")
+            raise ConfigError(
+                f"DAG params: unknown variant {variant!r}; expected one of: "
+                f"{', '.join(ALL_VARIANTS)}"
+            )
     known = {s.name for s in config.benchmark.scenarios}
     for name in parsed.scenarios:
         if name not in known:
@@ -135,25 +146,28 @@ def parse_params(params: dict[str, Any], config: AppConfig) -> RunParams:
 
 
 def plan_targets(params: dict[str, Any], config: AppConfig) -> list[dict[str, Any]]:
-    """One target per (model, variant, repetition): the map of the benchmark task group."""
+    """One target per (model, runtime, variant, repetition): the map of the benchmark task
+    group. The runtimes and variants params filter each model's own lists."""
     run = parse_params(params, config)
     targets = []
     for model_id in run.models:
-        model = config.model(model_id)
-        variants = [v for v in run.variants if v in model.variants] if run.variants else None
-        for variant in variants or model.variants:
+        for runtime, variant in config.model(model_id).targets():
+            if run.runtimes and runtime not in run.runtimes:
+                continue
+            if run.variants and variant not in run.variants:
+                continue
             for repetition in range(1, run.repetitions + 1):
                 targets.append(
                     {
                         "model": model_id,
+                        "runtime": runtime,
                         "variant": variant,
-                        "runtime": "onnx",
                         "repetition": repetition,
                         "scenarios": run.scenarios,
                     }
                 )
     if not targets:
-        raise ConfigError("DAG params select no (model, variant) to benchmark")
+        raise ConfigError("DAG params select no (model, runtime, variant) to benchmark")
     return targets
 
 
@@ -255,7 +269,9 @@ def release_host(provisioned: dict[str, Any] | None, ctx: RunContext, config: Ap
 def prepare_target(target: dict[str, Any], config: AppConfig) -> dict[str, Any]:
     from embench.prepare import prepare_model
 
-    (prepared,) = prepare_model(config, target["model"], [target["variant"]])
+    (prepared,) = prepare_model(
+        config, target["model"], [target["variant"]], runtime=target["runtime"]
+    )
     return {
         **target,
         "model_dir": str(prepared.directory),

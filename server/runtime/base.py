@@ -19,7 +19,7 @@ class TokenizedText:
 
 
 class Embedder(Protocol):
-    runtime: str  # "onnx" or "torch"
+    runtime: str  # "onnx", "torch" or "openvino"
     runtime_version: str
     embedding_dim: int
     max_seq_length: int
@@ -31,3 +31,14 @@ class Embedder(Protocol):
         ...
 
     def embed(self, texts: list[str]) -> np.ndarray: ...
+
+
+def pad_batch(batch: list[TokenizedText], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """input_ids and attention_mask (int64), padded to the batch's own longest text."""
+    longest = max(item.n_tokens for item in batch)
+    input_ids = np.full((len(batch), longest), pad_id, dtype=np.int64)
+    attention_mask = np.zeros((len(batch), longest), dtype=np.int64)
+    for row, item in enumerate(batch):
+        input_ids[row, : item.n_tokens] = item.ids
+        attention_mask[row, : item.n_tokens] = 1
+    return input_ids, attention_mask

@@ -10,7 +10,7 @@ import onnxruntime as ort
 
 from server.manifest import ModelInfo, read_manifest
 from server.pooling import l2_normalize, pool
-from server.runtime.base import TokenizedText
+from server.runtime.base import TokenizedText, pad_batch
 from server.runtime.tokenizer import load_tokenizer, pad_token_id, tokenize
 
 __all__ = ["OnnxEmbedder", "load_tokenizer"]
@@ -56,12 +56,7 @@ class OnnxEmbedder:
         return tokenize(self.tokenizer, texts)
 
     def embed_tokenized(self, batch: list[TokenizedText]) -> np.ndarray:
-        longest = max(item.n_tokens for item in batch)
-        input_ids = np.full((len(batch), longest), self.pad_id, dtype=np.int64)
-        attention_mask = np.zeros((len(batch), longest), dtype=np.int64)
-        for row, item in enumerate(batch):
-            input_ids[row, : item.n_tokens] = item.ids
-            attention_mask[row, : item.n_tokens] = 1
+        input_ids, attention_mask = pad_batch(batch, self.pad_id)
         feed = {"input_ids": input_ids, "attention_mask": attention_mask}
         if "token_type_ids" in self.input_names:
             feed["token_type_ids"] = np.zeros_like(input_ids)

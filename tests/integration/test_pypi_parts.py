@@ -152,7 +152,7 @@ def test_a_model_from_parts_is_prepared_and_passes_its_parity_gate(tmp_path, mon
         + "".join(f"        - {part}\n" for part in parts)
         + f"      sha256: {sha256}\n      folder: minilm\n"
         + "    max_seq_length: 256\n    embedding_dim: 384\n    pooling: mean\n"
-        + "    normalize: true\n    variants: [fp32]\n"
+        + "    normalize: true\n    runtimes: {onnx: [fp32]}\n"
     )
     config = load_config(config_dir)
     (prepared,) = prepare_model(config, "minilm-parts", ["fp32"], cache_root=tmp_path / "cache")

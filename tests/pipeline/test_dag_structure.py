@@ -108,6 +108,7 @@ def test_params_validate_the_trigger_form(dag):
     params = dag.params
     assert set(params) == {
         "models",
+        "runtimes",
         "variants",
         "scenarios",
         "repetitions",
@@ -120,3 +121,6 @@ def test_params_validate_the_trigger_form(dag):
         with pytest.raises(ParamValidationError):
             params.get_param(name).resolve(bad)
     assert params.get_param("variants").resolve(["int8"]) == ["int8"]
+    assert params.get_param("runtimes").resolve(["openvino"]) == ["openvino"]
+    with pytest.raises(ParamValidationError):
+        params.get_param("runtimes").resolve(["tensorrt"])

@@ -19,8 +19,8 @@ pytestmark = pytest.mark.slow
 SCENARIOS = "closed-c1,open-r50-poisson"
 
 
-def stored_runs(db_url: str, run_id: str) -> list[tuple[str, int, list[str]]]:
-    """(variant, map index, scenario names) of every stored run of the DAG run."""
+def stored_runs(db_url: str, run_id: str) -> list[tuple[str, str, int, list[str]]]:
+    """(runtime, variant, map index, scenario names) of every stored run of the DAG run."""
     engine = make_engine(db_url)
     with session_scope(engine) as session:
         runs = session.scalars(
@@ -28,6 +28,7 @@ def stored_runs(db_url: str, run_id: str) -> list[tuple[str, int, list[str]]]:
         ).all()
         out = [
             (
+                run.runtime,
                 run.variant,
                 run.map_index,
                 sorted(
@@ -48,6 +49,18 @@ def token_counters(db_url: str, run_id: str) -> list[str]:
         kinds = [doc["client"]["token_counter"].split(":")[0] for doc in documents]
     engine.dispose()
     return kinds
+
+
+def images_of(db_url: str, run_id: str) -> list[str]:
+    """The server image of every stored run of the DAG run, by map index."""
+    engine = make_engine(db_url)
+    with session_scope(engine) as session:
+        images = session.scalars(
+            sa.select(Run.image).where(Run.dag_run_id == run_id).order_by(Run.map_index)
+        )
+        out = [str(image) for image in images]
+    engine.dispose()
+    return out
 
 
 def docker_available() -> bool:
@@ -82,8 +95,8 @@ def test_process_launcher_end_to_end(embench_run, pg_database):
     assert run.returncode == 0, run.output[-5000:]
     run_id = run.run_id()
     assert stored_runs(db_url, run_id) == [
-        ("fp32", 0, ["closed-c1", "open-r50-poisson"]),
-        ("int8", 1, ["closed-c1", "open-r50-poisson"]),
+        ("onnx", "fp32", 0, ["closed-c1", "open-r50-poisson"]),
+        ("onnx", "int8", 1, ["closed-c1", "open-r50-poisson"]),
     ]
     assert "report: " in run.output and "closed-c1" in run.output
     reports = list((run.data_dir / "runs" / "embedding_benchmark").glob("*/report.md"))
@@ -124,15 +137,27 @@ def test_docker_launcher_end_to_end_leaves_no_container(embench_run, pg_database
     foreign = plant_container(f"{deployment}-other", "scheduled__gone")
     try:
         db_url = pg_database()
+        # one target per runtime, each served by its own image
         run = embench_run(
-            "--variants", "fp32", "--scenarios", SCENARIOS, "--launcher", "docker", db_url=db_url
-        )
+            "--runtimes", "onnx,openvino,torch", "--variants", "fp32", "--scenarios", SCENARIOS,
+            "--launcher", "docker", db_url=db_url,
+        )  # fmt: skip
         assert run.returncode == 0, run.output[-5000:]
         run_id = run.run_id()
-        assert stored_runs(db_url, run_id) == [("fp32", 0, ["closed-c1", "open-r50-poisson"])]
+        scenarios = ["closed-c1", "open-r50-poisson"]
+        assert stored_runs(db_url, run_id) == [
+            ("onnx", "fp32", 0, scenarios),
+            ("openvino", "fp32", 1, scenarios),
+            ("torch", "fp32", 2, scenarios),
+        ]
+        assert images_of(db_url, run_id) == [
+            "embench-server:onnx",
+            "embench-server:openvino",
+            "embench-server:torch",
+        ]
         assert "the load client runs in container embench-client-" in run.output
         # the tokenizer travelled into the client's container with the scenario file
-        assert token_counters(db_url, run_id) == ["tokenizer-json"]
+        assert token_counters(db_url, run_id) == ["tokenizer-json"] * 3
         assert containers_of(run_id) == []
         assert not container_exists(stale), "the run's setup left a dead run's container"
         assert "left by embedding_benchmark scheduled__gone" in run.output

@@ -9,21 +9,45 @@ from embench.errors import ConfigError, EmbenchError
 from embench.hosts import Host
 
 
-def test_plan_expands_models_variants_and_repetitions(app_config):
-    params = {**steps.default_params(app_config), "variants": ["fp32", "int8"], "repetitions": 2}
+def test_plan_expands_models_runtimes_variants_and_repetitions(app_config):
+    params = {
+        **steps.default_params(app_config),
+        "runtimes": ["onnx", "openvino"],
+        "variants": ["fp32", "int8"],
+        "repetitions": 2,
+    }
     targets = steps.plan_targets(params, app_config)
-    assert [(t["variant"], t["repetition"]) for t in targets] == [
-        ("fp32", 1),
-        ("fp32", 2),
-        ("int8", 1),
-        ("int8", 2),
+    assert [(t["runtime"], t["variant"], t["repetition"]) for t in targets] == [
+        ("onnx", "fp32", 1),
+        ("onnx", "fp32", 2),
+        ("onnx", "int8", 1),
+        ("onnx", "int8", 2),
+        ("openvino", "fp32", 1),
+        ("openvino", "fp32", 2),
+        ("openvino", "int8", 1),
+        ("openvino", "int8", 2),
     ]
-    assert all(t["model"] == "all-minilm-l6-v2" and t["runtime"] == "onnx" for t in targets)
+    assert all(t["model"] == "all-minilm-l6-v2" for t in targets)
 
 
-def test_plan_defaults_to_each_models_own_variants(app_config):
+def test_plan_defaults_to_each_models_own_runtimes_and_variants(app_config):
     targets = steps.plan_targets({"models": ["all-minilm-l6-v2"]}, app_config)
-    assert [t["variant"] for t in targets] == ["fp32", "optimized", "int8"]
+    assert [(t["runtime"], t["variant"]) for t in targets] == [
+        ("onnx", "fp32"),
+        ("onnx", "optimized"),
+        ("onnx", "int8"),
+        ("torch", "fp32"),
+        ("torch", "bf16"),
+        ("openvino", "fp32"),
+        ("openvino", "bf16"),
+        ("openvino", "int8"),
+    ]
+    # a variant no selected runtime builds selects nothing
+    with pytest.raises(ConfigError, match=r"select no \(model, runtime, variant\)"):
+        steps.plan_targets(
+            {"models": ["all-minilm-l6-v2"], "runtimes": ["torch"], "variants": ["int8"]},
+            app_config,
+        )
 
 
 @pytest.mark.parametrize(
@@ -31,6 +55,14 @@ def test_plan_defaults_to_each_models_own_variants(app_config):
     [
         ({"models": ["nope"]}, "unknown model id 'nope'; models.yaml defines: "),
         ({"models": ["all-minilm-l6-v2"], "scenarios": ["x"]}, "unknown scenario 'x'"),
+        (
+            {"models": ["all-minilm-l6-v2"], "runtimes": ["tensorrt"]},
+            "unknown runtime 'tensorrt'; expected one of: onnx, torch, openvino",
+        ),
+        (
+            {"models": ["all-minilm-l6-v2"], "variants": ["fp16"]},
+            "unknown variant 'fp16'; expected one of: fp32, optimized, int8, bf16",
+        ),
         ({"models": ["all-minilm-l6-v2"], "launcher": "ssh"}, "DAG params: launcher: "),
         ({"models": ["all-minilm-l6-v2"], "colour": 1}, "DAG params: colour: "),
         ({"models": []}, "DAG params: models: "),

@@ -311,5 +311,12 @@ def containers(server_image: str) -> Iterator[ContainerFactory]:
 
 
 @pytest.fixture(scope="session")
+def openvino_server_image() -> str:
+    return built_image(
+        "EMBENCH_SERVER_OPENVINO_IMAGE", "openvino", "embench-server:openvino-test", 1200
+    )
+
+
+@pytest.fixture(scope="session")
 def torch_server_image() -> str:
     return built_image("EMBENCH_SERVER_TORCH_IMAGE", "torch", "embench-server:torch-test", 1800)

@@ -267,3 +267,46 @@ def test_torch_image_serves_the_source_model_like_onnx(torch_server_image, fp32_
         assert docker("exec", server.id, "id", "-u").stdout.strip() != "0"
     finally:
         factory.remove_all()
+
+
+@pytest.mark.parametrize(
+    ("runtime", "variant", "absent", "min_cosine"),
+    [
+        ("openvino", "int8", ("torch", "onnxruntime"), 0.97),
+        ("torch", "bf16", ("onnxruntime", "openvino"), 0.99),
+    ],
+)
+def test_each_runtime_image_serves_its_own_prepared_variant(
+    request, app_config, model_cache, reference, runtime, variant, absent, min_cosine
+):
+    """The image of a runtime opens the variant prepared for it as the manifest says
+    (OpenVINO's int8 with bf16 elsewhere, PyTorch in bf16) and carries no other runtime."""
+    from embench.prepare import prepare_targets
+
+    image = request.getfixturevalue(f"{runtime}_server_image")
+    (prepared,) = prepare_targets(
+        app_config, "all-minilm-l6-v2", [(runtime, variant)], cache_root=model_cache
+    )
+    factory = ContainerFactory(image)
+    try:
+        server = factory.start(prepared.directory, {"EMBENCH_WORKERS": "2", "EMBENCH_THREADS": "1"})
+        info = httpx.get(server.url + "/info").json()
+        assert (info["runtime"], info["variant"], info["workers"]) == (runtime, variant, 2)
+        texts = parity_texts()[:LIMIT_TEXTS]
+        response = httpx.post(server.url + "/embed", json={"texts": texts}, timeout=120)
+        assert response.status_code == 200, response.text
+        got = np.array(response.json()["embeddings"])
+        assert cosines(got, reference.embed(texts)).min() >= min_cosine
+        for module in absent:
+            found = docker("exec", server.id, "python3", "-c", f"import {module}", check=False)
+            assert found.returncode != 0, f"{module} is in the {runtime} image"
+        assert docker("exec", server.id, "id", "-u").stdout.strip() != "0"
+        if runtime == "openvino":  # another runtime's variant: refused clearly, not served
+            wrong = factory.start(request.getfixturevalue("fp32_dir"), wait=False)
+            assert docker("wait", wrong.id).stdout.strip() == "2"
+            logs = docker("logs", wrong.id, check=False)
+            assert "holds a variant prepared for the onnx runtime; this server runs openvino" in (
+                logs.stdout + logs.stderr
+            )
+    finally:
+        factory.remove_all()

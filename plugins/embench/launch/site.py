@@ -396,8 +396,7 @@ class DockerSite:
 
 
 def server_image(config: AppConfig, prepared: dict[str, Any]) -> str:
-    images = config.benchmark.images
-    return images.server_torch if prepared["runtime"] == "torch" else images.server_onnx
+    return config.benchmark.images.server(prepared["runtime"])
 
 
 def model_volume(prepared: dict[str, Any]) -> str:

@@ -116,3 +116,73 @@ def quantize_onnx(src: Path, dst: Path, settings: dict[str, Any]) -> list[str]:
 def hf_model_type(source_dir: Path) -> str:
     config = json.loads((source_dir / "config.json").read_text(encoding="utf-8"))
     return str(config.get("model_type", "unknown"))
+
+
+OPENVINO_XML = "openvino_model.xml"
+OPENVINO_BIN = "openvino_model.bin"
+# Weights a sentence-transformers directory may carry in other formats than safetensors, and
+# other runtimes' exports some hub repositories include: none of them is what torch loads.
+NOT_TORCH_WEIGHTS = ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack", "rust_model.ot")
+OTHER_RUNTIME_DIRS = ("onnx", "openvino")
+
+
+def copy_sentence_transformers(source_dir: Path, dst_dir: Path) -> None:
+    """The sentence-transformers directory as torch loads it, without other formats' weights."""
+    has_safetensors = (source_dir / "model.safetensors").is_file()
+
+    def ignore(directory: str, names: list[str]) -> list[str]:
+        skipped = [n for n in names if n in OTHER_RUNTIME_DIRS or n.startswith(".")]
+        if has_safetensors and Path(directory) == source_dir:
+            skipped += [n for n in names if n in NOT_TORCH_WEIGHTS]
+        return skipped
+
+    shutil.copytree(source_dir, dst_dir, ignore=ignore, dirs_exist_ok=True)
+
+
+def convert_openvino(onnx_path: Path, dst_dir: Path, settings: dict[str, Any]) -> None:
+    """The ONNX export as OpenVINO IR (openvino_model.xml + .bin) in dst_dir."""
+    import openvino as ov
+
+    model = ov.convert_model(str(onnx_path))
+    ov.save_model(model, str(dst_dir / OPENVINO_XML), compress_to_fp16=settings["compress_to_fp16"])
+
+
+def quantize_openvino(
+    xml_path: Path, dst_dir: Path, settings: dict[str, Any], feeds: list[dict[str, Any]]
+) -> list[str]:
+    """Static int8 of an OpenVINO IR with NNCF, calibrated on `feeds` (the model's inputs;
+    those the model lacks, such as MPNet's token_type_ids, are dropped); returns the names of
+    the nodes kept out of quantization."""
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml_path))
+    inputs = {port.get_any_name() for port in model.inputs}
+    feeds = [{k: v for k, v in feed.items() if k in inputs} for feed in feeds]
+    pattern = re.compile(settings["exclude_nodes_matching"])
+    excluded = [
+        op.get_friendly_name() for op in model.get_ops() if pattern.search(op.get_friendly_name())
+    ]
+    with quiet_logging(), _nncf_quiet():
+        quantized = nncf.quantize(
+            model,
+            nncf.Dataset(feeds),
+            model_type=getattr(nncf.ModelType, settings["model_type"].upper()),
+            subset_size=len(feeds),
+            ignored_scope=nncf.IgnoredScope(names=excluded),
+        )
+    ov.save_model(quantized, str(dst_dir / OPENVINO_XML), compress_to_fp16=False)
+    return excluded
+
+
+@contextmanager
+def _nncf_quiet() -> Iterator[None]:
+    """NNCF logs every node it treats specially through its own logger, at INFO."""
+    from nncf.common.logging import nncf_logger
+
+    previous = nncf_logger.level
+    nncf_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        nncf_logger.setLevel(previous)

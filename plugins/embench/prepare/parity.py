@@ -12,7 +12,7 @@ import numpy as np
 
 from embench.prepare.variants import ParityGate
 from server.manifest import ModelInfo
-from server.runtime.onnx_embedder import OnnxEmbedder
+from server.runtime import create_embedder
 
 # Texts are embedded in batches of mixed lengths, as the server's dynamic batcher would.
 PARITY_BATCH_SIZE = 8
@@ -63,8 +63,32 @@ def reference_embeddings(source_dir: Path, texts: list[str], max_seq_length: int
     )
 
 
-def served_embeddings(model_dir: Path, texts: list[str], model_info: ModelInfo) -> np.ndarray:
-    embedder = OnnxEmbedder(model_dir, model_info=model_info)
+def calibration_texts(count: int, seed: int) -> list[str]:
+    """Texts for calibrating a quantizer, cut from the load client's corpus (spans of 8-128
+    words at seeded places): what the server will see, and none of the parity texts."""
+    import random
+
+    from client.workload import load_corpus
+
+    words = load_corpus().words
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(count):
+        length = rng.choice((8, 16, 32, 64, 128))
+        start = rng.randrange(len(words) - length)
+        texts.append(" ".join(words[start : start + length]))
+    return texts
+
+
+def served_embeddings(
+    runtime: str,
+    model_dir: Path,
+    texts: list[str],
+    model_info: ModelInfo,
+    options: dict[str, str] | None = None,
+) -> np.ndarray:
+    """The staged variant's embeddings through the server's own runtime code."""
+    embedder = create_embedder(runtime, model_dir, model_info=model_info, options=options)
     batches = [texts[i : i + PARITY_BATCH_SIZE] for i in range(0, len(texts), PARITY_BATCH_SIZE)]
     return np.concatenate([embedder.embed(batch) for batch in batches])
 

@@ -1,5 +1,11 @@
-"""prepare_model: resolve the source, then per variant return the cached artifact or build it
-(export -> optimize | quantize -> parity gate -> manifest) and publish it to the cache."""
+"""prepare_model: resolve the source, then per (runtime, variant) return the cached artifact or
+build it and publish it to the cache:
+
+    onnx:     export -> optimize | quantize  -> parity gate -> manifest
+    openvino: export -> convert [-> quantize] -> parity gate -> manifest
+    torch:    copy the sentence-transformers directory -> parity gate -> manifest
+
+Every parity gate runs the server's own runtime code on the staged files."""
 
 from __future__ import annotations
 
@@ -11,24 +17,26 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from embench.config import AppConfig, ModelConfig
-from embench.config.schema import ALL_VARIANTS
+from embench.config.schema import RUNTIME_VARIANTS
 from embench.errors import EmbenchError, ParityError
 from embench.paths import cache_dir
 from embench.prepare import build
 from embench.prepare.cache import ArtifactCache, cache_key
 from embench.prepare.parity import (
     ParityResult,
+    calibration_texts,
     check_parity,
     parity_texts,
     reference_embeddings,
     served_embeddings,
 )
 from embench.prepare.source import ResolvedSource, resolve_source
-from embench.prepare.variants import PARITY_GATES, VARIANT_SETTINGS
+from embench.prepare.variants import PARITY_GATES, RUNTIME_VARIANT_SETTINGS, VARIANT_SETTINGS
 from server.manifest import (
     MANIFEST_NAME,
     FileInfo,
@@ -41,8 +49,10 @@ from server.manifest import (
 
 log = logging.getLogger(__name__)
 
+WEIGHT_SUFFIXES = (".onnx", ".bin", ".safetensors")
+
 # Bump when the build code changes in a way that changes artifacts.
-PREPARE_CODE_VERSION = 1
+PREPARE_CODE_VERSION = 2
 KEYED_LIBRARIES = (
     "torch",
     "transformers",
@@ -51,6 +61,8 @@ KEYED_LIBRARIES = (
     "optimum-onnx",
     "onnx",
     "onnxruntime",
+    "openvino",
+    "nncf",
     "tokenizers",
 )
 
@@ -58,6 +70,7 @@ KEYED_LIBRARIES = (
 @dataclass(frozen=True)
 class PreparedVariant:
     model_id: str
+    runtime: str
     variant: str
     directory: Path
     manifest: Manifest
@@ -78,6 +91,7 @@ class _BuildContext:
     source: ResolvedSource
     workdir: Path
     _exported: Path | None = None
+    _openvino_ir: Path | None = None
     _reference: np.ndarray | None = None
     texts: list[str] = field(default_factory=parity_texts)
 
@@ -94,6 +108,16 @@ class _BuildContext:
             )
             self._exported = out
         return self._exported
+
+    def openvino_ir(self, settings: dict[str, Any]) -> Path:
+        """The export converted to OpenVINO IR once, for every OpenVINO variant."""
+        if self._openvino_ir is None:
+            out = self.workdir / "openvino-ir"
+            out.mkdir()
+            log.info("converting %s to OpenVINO IR", self.model_id)
+            build.convert_openvino(self.exported() / "model.onnx", out, settings)
+            self._openvino_ir = out
+        return self._openvino_ir
 
     def reference(self) -> np.ndarray:
         if self._reference is None:
@@ -119,17 +143,39 @@ def prepare_model(
     model_id: str,
     variants: list[str] | None = None,
     *,
+    runtime: str = "onnx",
     cache_root: Path | None = None,
     force: bool = False,
 ) -> list[PreparedVariant]:
-    """Return every requested variant of the model, built and parity-checked or from cache."""
-    model = config.model(model_id)
-    variants = list(variants or model.variants)
-    unknown = [v for v in variants if v not in ALL_VARIANTS]
-    if unknown:
+    """Every requested variant of the model for one runtime (default: the variants
+    models.yaml lists for it), built and parity-checked or from cache."""
+    if runtime not in RUNTIME_VARIANTS:
         raise EmbenchError(
-            f"unknown variant {unknown[0]!r}; expected one of: {', '.join(ALL_VARIANTS)}"
+            f"unknown runtime {runtime!r}; expected one of: {', '.join(RUNTIME_VARIANTS)}"
         )
+    listed = config.model(model_id).runtimes.get(runtime) or RUNTIME_VARIANTS[runtime]
+    targets = [(runtime, variant) for variant in variants or listed]
+    return prepare_targets(config, model_id, targets, cache_root=cache_root, force=force)
+
+
+def prepare_targets(
+    config: AppConfig,
+    model_id: str,
+    targets: list[tuple[str, str]] | None = None,
+    *,
+    cache_root: Path | None = None,
+    force: bool = False,
+) -> list[PreparedVariant]:
+    """Every requested (runtime, variant) of the model (default: all that models.yaml lists),
+    built and parity-checked or from cache; one export and one reference serve them all."""
+    model = config.model(model_id)
+    targets = list(targets or model.targets())
+    for runtime, variant in targets:
+        if variant not in RUNTIME_VARIANTS.get(runtime, ()):
+            raise EmbenchError(
+                f"unknown variant {variant!r} for the {runtime} runtime; expected one of: "
+                f"{', '.join(RUNTIME_VARIANTS.get(runtime, ()))}"
+            )
     if model.source.kind != "hub":
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local files only: never ask a hub
     cache = ArtifactCache(cache_root or cache_dir())
@@ -139,33 +185,36 @@ def prepare_model(
     results: list[PreparedVariant] = []
     with cache.staging_dir() as workdir:
         context = _BuildContext(model_id, model, source, workdir)
-        for variant in variants:
+        for runtime, variant in targets:
             started = time.perf_counter()
+            name = artifact_name(runtime, variant)
             key = cache_key(
                 {
                     "code": PREPARE_CODE_VERSION,
                     "source": source.content_sha256,
                     # a split archive's pinned hash (other kinds: the key they always had)
                     **({"source_archive": source.revision} if source.kind == "pypi_parts" else {}),
+                    "runtime": runtime,
                     "variant": variant,
-                    "settings": VARIANT_SETTINGS[variant],
+                    "settings": RUNTIME_VARIANT_SETTINGS[runtime][variant],
                     "model": _model_info(model).model_dump(),
                     "libraries": versions,
                 }
             )
-            manifest = None if force else cache.lookup(model_id, variant, key)
+            manifest = None if force else cache.lookup(model_id, name, key)
             hit = manifest is not None
             if manifest is None:
-                with cache.locked(model_id, variant, key):
-                    manifest = None if force else cache.lookup(model_id, variant, key)
+                with cache.locked(model_id, name, key):
+                    manifest = None if force else cache.lookup(model_id, name, key)
                     hit = manifest is not None  # another process built it while we waited
                     if manifest is None:
-                        manifest = _build_variant(context, cache, variant, key, versions)
+                        manifest = _build_variant(context, cache, runtime, variant, key, versions)
             results.append(
                 PreparedVariant(
                     model_id=model_id,
+                    runtime=runtime,
                     variant=variant,
-                    directory=cache.entry_dir(model_id, variant, key),
+                    directory=cache.entry_dir(model_id, name, key),
                     manifest=manifest,
                     cache_hit=hit,
                     seconds=time.perf_counter() - started,
@@ -174,43 +223,104 @@ def prepare_model(
     return results
 
 
+def artifact_name(runtime: str, variant: str) -> str:
+    """The cache's name for a variant: "onnx-int8", "torch-bf16", ..."""
+    return f"{runtime}-{variant}"
+
+
 def _build_variant(
     context: _BuildContext,
     cache: ArtifactCache,
+    runtime: str,
     variant: str,
     key: str,
     versions: dict[str, str],
 ) -> Manifest:
     started = time.perf_counter()
-    settings = VARIANT_SETTINGS[variant]
-    exported = context.exported()
-    staged = context.workdir / f"variant-{variant}"
+    settings = RUNTIME_VARIANT_SETTINGS[runtime][variant]
+    name = artifact_name(runtime, variant)
+    staged = context.workdir / name
     staged.mkdir()
+    log.info("building %s/%s", context.model_id, name)
+    extra = BUILDERS[runtime](context, settings, staged)
+
+    options = dict(settings.get("runtime_options", {}))
+    served = served_embeddings(runtime, staged, context.texts, _model_info(context.model), options)
+    parity = check_parity(served, context.reference(), PARITY_GATES[variant])
+    if not parity.passed:
+        raise ParityError(
+            f"{context.model_id}/{name} failed its parity gate against the PyTorch "
+            f"reference: {parity.describe()}; the variant was not cached"
+        )
+    manifest = _manifest(
+        context, runtime, variant, key, settings | extra, versions, staged, parity, started
+    )
+    (staged / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+    cache.publish(staged, context.model_id, name, key)
+    log.info("%s/%s: %s", context.model_id, name, parity.describe())
+    return manifest
+
+
+def _build_onnx(
+    context: _BuildContext, settings: dict[str, Any], staged: Path
+) -> dict[str, object]:
+    exported = context.exported()
     build.copy_tokenizer_files(exported, staged)
     target = staged / "model.onnx"
-    extra: dict[str, object] = {}
-    log.info("building %s/%s", context.model_id, variant)
     if "optimize" in settings:
         model_type = build.hf_model_type(context.source.directory)
         build.optimize_onnx(exported / "model.onnx", target, settings["optimize"], model_type)
     elif "quantize" in settings:
         kept = build.quantize_onnx(exported / "model.onnx", target, settings["quantize"])
-        extra["nodes_kept_fp32"] = len(kept)
+        return {"nodes_kept_fp32": len(kept)}
     else:
         shutil.copy2(exported / "model.onnx", target)
+    return {}
 
-    served = served_embeddings(staged, context.texts, _model_info(context.model))
-    parity = check_parity(served, context.reference(), PARITY_GATES[variant])
-    if not parity.passed:
-        raise ParityError(
-            f"{context.model_id}/{variant} failed its parity gate against the PyTorch "
-            f"reference: {parity.describe()}; the variant was not cached"
+
+def _build_openvino(
+    context: _BuildContext, settings: dict[str, Any], staged: Path
+) -> dict[str, object]:
+    exported = context.exported()
+    build.copy_tokenizer_files(exported, staged)
+    converted = context.openvino_ir(settings["convert"])
+    if "quantize" not in settings:
+        for name in (build.OPENVINO_XML, build.OPENVINO_BIN):
+            shutil.copy2(converted / name, staged / name)
+        return {}
+    quantize = settings["quantize"]
+    texts = calibration_texts(quantize["calibration_texts"], quantize["seed"])
+    feeds = model_feeds(exported, texts, quantize["calibration_batch"], context.model)
+    kept = build.quantize_openvino(converted / build.OPENVINO_XML, staged, quantize, feeds)
+    return {"nodes_kept_fp32": len(kept)}
+
+
+def _build_torch(
+    context: _BuildContext, settings: dict[str, Any], staged: Path
+) -> dict[str, object]:
+    build.copy_sentence_transformers(context.source.directory, staged)
+    return {}
+
+
+BUILDERS = {"onnx": _build_onnx, "openvino": _build_openvino, "torch": _build_torch}
+
+
+def model_feeds(
+    model_dir: Path, texts: list[str], batch_size: int, model: ModelConfig
+) -> list[dict[str, np.ndarray]]:
+    """The exported model's inputs for `texts`, in batches, as the server would feed them."""
+    from server.runtime.base import pad_batch
+    from server.runtime.tokenizer import load_tokenizer, pad_token_id, tokenize
+
+    tokenizer = load_tokenizer(model_dir, model.max_seq_length)
+    feeds = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenize(tokenizer, texts[start : start + batch_size])
+        ids, mask = pad_batch(batch, pad_token_id(tokenizer))
+        feeds.append(
+            {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
         )
-    manifest = _manifest(context, variant, key, settings | extra, versions, staged, parity, started)
-    (staged / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
-    cache.publish(staged, context.model_id, variant, key)
-    log.info("%s/%s: %s", context.model_id, variant, parity.describe())
-    return manifest
+    return feeds
 
 
 def _model_info(model: ModelConfig) -> ModelInfo:
@@ -224,6 +334,7 @@ def _model_info(model: ModelConfig) -> ModelInfo:
 
 def _manifest(
     context: _BuildContext,
+    runtime: str,
     variant: str,
     key: str,
     settings: dict[str, object],
@@ -233,14 +344,18 @@ def _manifest(
     started: float,
 ) -> Manifest:
     files = {
-        path.name: FileInfo(sha256=file_sha256(path), size=path.stat().st_size)
-        for path in sorted(staged.iterdir())
+        path.relative_to(staged).as_posix(): FileInfo(
+            sha256=file_sha256(path), size=path.stat().st_size
+        )
+        for path in sorted(staged.rglob("*"))
         if path.is_file() and path.name != MANIFEST_NAME
     }
     return Manifest(
         model_id=context.model_id,
         display_name=context.model.display_name,
+        runtime=runtime,
         variant=variant,
+        runtime_options=dict(settings.get("runtime_options", {})),
         cache_key=key,
         source=SourceInfo(
             kind=context.source.kind,
@@ -252,7 +367,9 @@ def _manifest(
         settings=settings,
         library_versions=versions,
         files=files,
-        onnx_size_bytes=files["model.onnx"].size,
+        model_bytes=sum(
+            info.size for name, info in files.items() if name.endswith(WEIGHT_SUFFIXES)
+        ),
         build_seconds=round(time.perf_counter() - started, 3),
         built_at=datetime.now(UTC).isoformat(timespec="seconds"),
         parity=ParityInfo(
