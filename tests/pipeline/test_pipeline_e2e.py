@@ -137,7 +137,7 @@ def test_docker_launcher_end_to_end_leaves_no_container(embench_run, pg_database
     foreign = plant_container(f"{deployment}-other", "scheduled__gone")
     try:
         db_url = pg_database()
-        # one target per runtime, each served by its own image
+        # one target per runtime (in models.yaml's order), each served by its own image
         run = embench_run(
             "--runtimes", "onnx,openvino,torch", "--variants", "fp32", "--scenarios", SCENARIOS,
             "--launcher", "docker", db_url=db_url,
@@ -147,13 +147,13 @@ def test_docker_launcher_end_to_end_leaves_no_container(embench_run, pg_database
         scenarios = ["closed-c1", "open-r50-poisson"]
         assert stored_runs(db_url, run_id) == [
             ("onnx", "fp32", 0, scenarios),
-            ("openvino", "fp32", 1, scenarios),
-            ("torch", "fp32", 2, scenarios),
+            ("torch", "fp32", 1, scenarios),
+            ("openvino", "fp32", 2, scenarios),
         ]
         assert images_of(db_url, run_id) == [
             "embench-server:onnx",
-            "embench-server:openvino",
             "embench-server:torch",
+            "embench-server:openvino",
         ]
         assert "the load client runs in container embench-client-" in run.output
         # the tokenizer travelled into the client's container with the scenario file
