@@ -16,6 +16,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from embench.runtime_comparison import (
+    ModelComparison,
+    compare_runtimes,
+    markdown_section,
+    ratio_text,
+    value_text,
+)
 from embench.store.detect import INTERVALS, resolve_run, stored_verdicts
 from embench.store.models import Environment, ModelArtifact, Run, ScenarioRow
 from embench.store.queries import COMPARISON_METRICS, dag_run_ingest_keys, runs_comparison
@@ -101,6 +108,8 @@ def markdown(
     if peaks:
         lines += _markdown_peaks(peaks)
     if data is not None:
+        lines += markdown_section(data.comparison, _md)
+    if data is not None:
         lines += _markdown_details(data)
     flagged = [v for v in verdicts if v["status"] in ("regressed", "improved")]
     lines += ["## Regression verdicts", ""]
@@ -178,6 +187,7 @@ class ReportData:
     environments: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[dict[str, Any]] = field(default_factory=list)
     series: list[dict[str, Any]] = field(default_factory=list)
+    comparison: list[ModelComparison] = field(default_factory=list)
     generated_at: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -335,6 +345,7 @@ def collect(session: Session, ingest_keys: Sequence[str], title: str) -> ReportD
         environments=list(environments.values()),
         warnings=warnings,
         series=_series(rows),
+        comparison=compare_runtimes(rows, runs),
         generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
 
@@ -457,6 +468,9 @@ def html(data: ReportData, plotly_src: str | None = None) -> str:
         cell=cell,
         figure=figure,
         parity_text=_parity_text,
+        comparison=[c.to_dict() for c in data.comparison if len(c.entries) > 1],
+        value_text=value_text,
+        ratio_text=ratio_text,
         cold_start_absent=COLD_START_ABSENT,
         plotly_inline=inline,
         plotly_src=plotly_src,

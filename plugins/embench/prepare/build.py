@@ -93,16 +93,22 @@ def optimize_onnx(src: Path, dst: Path, settings: dict[str, Any], model_type: st
 
 
 def quantize_onnx(src: Path, dst: Path, settings: dict[str, Any]) -> list[str]:
-    """Dynamic int8 quantization; returns the names of the nodes kept in fp32."""
+    """Dynamic int8 quantization, after smoothing the activations when the settings ask for it
+    (src's directory holds the tokenizer the calibration needs); returns the names of the
+    nodes kept in fp32."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     pattern = re.compile(settings["exclude_nodes_matching"])
-    graph = onnx.load(str(src), load_external_data=False).graph
-    excluded = [node.name for node in graph.node if pattern.search(node.name)]
+    model = onnx.load(str(src))
+    excluded = [node.name for node in model.graph.node if pattern.search(node.name)]
+    smooth = settings.get("smooth_activations")
     with quiet_logging():
+        if smooth and "MatMul" in settings["op_types"]:
+            feeds = _calibration_feeds(src.parent, smooth)
+            smooth_activations(model, set(excluded), feeds, smooth["alpha"])
         quantize_dynamic(
-            str(src),
+            model,
             str(dst),
             weight_type=getattr(QuantType, settings["weight_type"]),
             per_channel=settings["per_channel"],
@@ -111,6 +117,111 @@ def quantize_onnx(src: Path, dst: Path, settings: dict[str, Any]) -> list[str]:
             nodes_to_exclude=excluded,
         )
     return excluded
+
+
+def smooth_activations(
+    model: Any, excluded: set[str], feeds: list[dict[str, Any]], alpha: float
+) -> int:
+    """SmoothQuant (Xiao et al., 2023) for the MatMuls with a 2-D fp32 weight that are not
+    excluded: per input channel j, the activation is divided by
+    s_j = max|x_j|^alpha / max|w_j|^(1 - alpha) (one Mul inserted per input tensor, max|x_j|
+    measured on `feeds`) and weight row j multiplied by it. The product is unchanged in fp32,
+    but the activation outlier channels, which set the per-tensor step of dynamic int8, move
+    into the weights, quantized per output channel. Edits `model` in place; returns the number
+    of MatMuls smoothed."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    graph = model.graph
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    groups: dict[str, list[Any]] = {}  # activation tensor -> the MatMuls that read it
+    for node in graph.node:
+        weight = initializers.get(node.input[1]) if node.op_type == "MatMul" else None
+        if (
+            weight is not None
+            and node.name not in excluded
+            and len(weight.dims) == 2
+            and weight.data_type == onnx.TensorProto.FLOAT
+            and uses[weight.name] == 1  # a shared weight would change for its other readers
+        ):
+            groups.setdefault(node.input[0], []).append(node)
+    if not groups:
+        return 0
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in groups)
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    del probe
+    inputs = {port.name for port in session.get_inputs()}
+    names = list(groups)
+    act_max: dict[str, Any] = {}
+    for feed in feeds:
+        outputs = session.run(names, {k: v for k, v in feed.items() if k in inputs})
+        for name, x in zip(names, outputs, strict=True):
+            # Over every position, padding included: dynamic int8 sees the whole tensor too.
+            channel_max = np.abs(x.reshape(-1, x.shape[-1])).max(axis=0)
+            act_max[name] = np.maximum(act_max.get(name, channel_max), channel_max)
+    del session
+
+    pending: dict[str, Any] = {}  # smoothed tensor -> the Mul that makes it
+    for name, nodes in groups.items():
+        weights = [numpy_helper.to_array(initializers[node.input[1]]) for node in nodes]
+        w_max = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
+        scale = (
+            np.maximum(act_max[name], 1e-5) ** alpha / np.maximum(w_max, 1e-5) ** (1 - alpha)
+        ).astype(np.float32)
+        inverse = numpy_helper.from_array(1 / scale, name=f"{name}_smooth_scale")
+        graph.initializer.append(inverse)
+        smoothed = f"{name}_smoothed"
+        pending[smoothed] = onnx.helper.make_node(
+            "Mul", [name, inverse.name], [smoothed], name=f"{nodes[0].name}_smooth"
+        )
+        for node, weight in zip(nodes, weights, strict=True):
+            node.input[0] = smoothed
+            initializers[node.input[1]].CopyFrom(
+                numpy_helper.from_array(weight * scale[:, None], name=node.input[1])
+            )
+    # Each Mul goes right before the first MatMul that reads it: the order stays topological.
+    ordered = []
+    for node in graph.node:
+        if node.input and node.input[0] in pending:
+            ordered.append(pending.pop(node.input[0]))
+        ordered.append(node)
+    del graph.node[:]
+    graph.node.extend(ordered)
+    return sum(len(nodes) for nodes in groups.values())
+
+
+def _calibration_feeds(model_dir: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """The exported model's inputs for the calibration texts (the load client's corpus, never
+    the parity texts), in padded batches as the server feeds them."""
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    from embench.prepare.parity import calibration_texts
+    from server.runtime.base import pad_batch
+    from server.runtime.tokenizer import pad_token_id, tokenize
+
+    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tokenizer.no_padding()  # the export's truncation at max_seq_length stays
+    texts = calibration_texts(settings["calibration_texts"], settings["seed"])
+    size = settings["calibration_batch"]
+    feeds = []
+    for start in range(0, len(texts), size):
+        batch = tokenize(tokenizer, texts[start : start + size])
+        ids, mask = pad_batch(batch, pad_token_id(tokenizer))
+        feeds.append(
+            {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        )
+    return feeds
 
 
 def hf_model_type(source_dir: Path) -> str:

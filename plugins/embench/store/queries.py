@@ -260,6 +260,36 @@ def dag_run_ingest_keys(session: Session, dag_id: str, dag_run_id: str) -> list[
     return list(session.scalars(stmt))
 
 
+def multi_target_pipeline_runs(session: Session, limit: int = 50) -> list[dict[str, Any]]:
+    """The latest pipeline runs that measured more than one (runtime, variant) of a model:
+    those a runtime comparison can be drawn from. Newest first."""
+    targets = sa.func.count(sa.distinct(Run.runtime + "/" + Run.variant))
+    stmt = (
+        sa.select(
+            Run.dag_id,
+            Run.dag_run_id,
+            sa.func.min(Run.started_at).label("started_at"),
+            sa.func.count(sa.distinct(Run.model)).label("models"),
+            targets.label("targets"),
+        )
+        .where(Run.dag_run_id.is_not(None))
+        .group_by(Run.dag_id, Run.dag_run_id)
+        .having(targets > 1)
+        .order_by(sa.func.min(Run.started_at).desc())
+        .limit(limit)
+    )
+    return [
+        {
+            "dag_id": dag_id,
+            "dag_run_id": dag_run_id,
+            "started_at": _iso(started_at),
+            "models": models,
+            "targets": n_targets,
+        }
+        for dag_id, dag_run_id, started_at, models, n_targets in session.execute(stmt)
+    ]
+
+
 def verdicts_of_runs(session: Session, ingest_keys: Sequence[str]) -> list[dict[str, Any]]:
     pks = session.scalars(sa.select(Run.id).where(Run.ingest_key.in_(list(ingest_keys))))
     return [verdict for pk in pks for verdict in stored_verdicts(session, pk)]

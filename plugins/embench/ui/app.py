@@ -22,8 +22,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from embench.errors import EmbenchError
 from embench.report import collect, resolve_ingest_keys
 from embench.report import html as report_html
+from embench.runtime_comparison import ratio_text, value_text
 from embench.store.models import NUMERIC_FIELDS, Run, ScenarioRow
-from embench.store.queries import RunFilter, compare_runs, list_runs, metric_history
+from embench.store.queries import (
+    RunFilter,
+    compare_runs,
+    list_runs,
+    metric_history,
+    multi_target_pipeline_runs,
+)
 from embench.ui.auth import auth_error_handler, require_user, wants_html
 from embench.ui.db import read_only_engine, read_session
 from embench.ui.render import plotly_path, render
@@ -317,6 +324,32 @@ def _routes(app: FastAPI) -> None:
             result=result,
             recent=recent,
             chosen={"a": a or "", "b": b or ""},
+        )
+
+    @app.get("/api/runtimes")
+    def api_runtimes(session: SessionDep, run: str) -> list[dict[str, Any]]:
+        keys, _ = resolve_ingest_keys(session, run)
+        return [c.to_dict() for c in collect(session, keys, run).comparison]
+
+    @app.get("/runtimes", response_class=HTMLResponse)
+    def runtimes_page(
+        request: Request, session: SessionDep, run: str | None = None
+    ) -> HTMLResponse:
+        recent = multi_target_pipeline_runs(session)
+        run = run or (recent[0]["dag_run_id"] if recent else None)
+        comparison: list[dict[str, Any]] = []
+        if run:
+            keys, _ = resolve_ingest_keys(session, run)
+            data = collect(session, keys, run)
+            comparison = [c.to_dict() for c in data.comparison if len(c.entries) > 1]
+        return _page(
+            request,
+            "runtimes.html",
+            recent=recent,
+            chosen=run or "",
+            comparison=comparison,
+            value_text=value_text,
+            ratio_text=ratio_text,
         )
 
     @app.get("/report", response_class=HTMLResponse)

@@ -1,0 +1,157 @@
+"""Runtimes compared: per model of one pipeline run, each (runtime, variant)'s figures and each
+relative to PyTorch eager fp32 measured in the same run, on the same host.
+
+Only figures of the same run are put side by side: the host changes from one run to the next
+(31% in throughput an hour apart on the shared machines), so a ratio across runs would be
+mostly noise. Repetitions of a target are pooled by their median."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+REFERENCE = ("torch", "fp32")  # the model as its authors run it
+
+
+@dataclass(frozen=True)
+class Measure:
+    key: str
+    label: str
+    higher_is_better: bool
+
+
+def measures(heavy_concurrency: int | None) -> list[Measure]:
+    heavy = f"c{heavy_concurrency}" if heavy_concurrency else "highest concurrency"
+    return [
+        Measure("qps_c1", "QPS c1", True),
+        Measure("qps_heavy", f"QPS {heavy}", True),
+        Measure("peak_qps", "peak QPS under SLO", True),
+        Measure("p50_c1_ms", "p50 ms c1", False),
+        Measure("p99_c1_ms", "p99 ms c1", False),
+        Measure("rss_mb", "RSS MB", False),
+        Measure("cold_start_s", "cold start s", False),
+        Measure("parity_mean_cosine", "parity cos", True),
+    ]
+
+
+@dataclass
+class Entry:
+    runtime: str
+    variant: str
+    values: dict[str, float | None]
+    relative: dict[str, float | None] = field(default_factory=dict)  # value / reference's
+
+
+@dataclass
+class ModelComparison:
+    model: str
+    heavy_concurrency: int | None
+    reference: str | None  # "torch/fp32" when the run measured it
+    measures: list[Measure]
+    entries: list[Entry]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    present = [float(v) for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def _closed(rows: Sequence[dict[str, Any]], concurrency: int) -> list[dict[str, Any]]:
+    return [r for r in rows if r.get("mode") == "closed" and r.get("concurrency") == concurrency]
+
+
+def compare_runtimes(
+    rows: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]]
+) -> list[ModelComparison]:
+    """`rows` and `runs` as embench.report.collect reads them (one scenario of one stored run
+    per row; one stored run per run). Invalid figures are left out, never compared."""
+    comparisons = []
+    for model in sorted({str(r["model"]) for r in rows}):
+        of_model = [r for r in rows if str(r["model"]) == model and r.get("valid") is not False]
+        closed = [r.get("concurrency") or 0 for r in of_model if r.get("mode") == "closed"]
+        heavy = max((c for c in closed if c > 1), default=None)
+        targets = sorted({(str(r["runtime"]), str(r["variant"])) for r in of_model})
+        entries = []
+        for runtime, variant in targets:
+            mine = [r for r in of_model if (r["runtime"], r["variant"]) == (runtime, variant)]
+            their_runs = [
+                run
+                for run in runs
+                if (run["model"], run["runtime"], run["variant"]) == (model, runtime, variant)
+            ]
+            c1 = _closed(mine, 1)
+            rss = _median([r.get("server_rss_bytes_max") for r in mine])
+            parity = [(run.get("parity") or {}).get("mean_cosine") for run in their_runs]
+            values = {
+                "qps_c1": _median([r.get("qps") for r in c1]),
+                "qps_heavy": _median([r.get("qps") for r in _closed(mine, heavy or -1)]),
+                "peak_qps": _median([r.get("peak_qps") for r in mine if r.get("search_over")]),
+                "p50_c1_ms": _median([r.get("p50_ms") for r in c1]),
+                "p99_c1_ms": _median([r.get("p99_ms") for r in c1]),
+                "rss_mb": rss / 1e6 if rss is not None else None,
+                "cold_start_s": _median([run.get("cold_start_s") for run in their_runs]),
+                "parity_mean_cosine": _median(parity),
+            }
+            entries.append(Entry(runtime, variant, values))
+        reference = next((e for e in entries if (e.runtime, e.variant) == REFERENCE), None)
+        for entry in entries:
+            for key, value in entry.values.items():
+                base = reference.values.get(key) if reference else None
+                entry.relative[key] = value / base if value is not None and base else None
+        comparisons.append(
+            ModelComparison(
+                model=model,
+                heavy_concurrency=heavy,
+                reference="/".join(REFERENCE) if reference else None,
+                measures=measures(heavy),
+                entries=entries,
+            )
+        )
+    return comparisons
+
+
+def value_text(key: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    if key == "parity_mean_cosine":
+        return f"{value:.5f}"
+    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+
+
+def ratio_text(ratio: float | None) -> str:
+    return f"{ratio:.2f}x" if ratio is not None else "-"
+
+
+def markdown_section(
+    comparisons: Sequence[ModelComparison], escape: Callable[[Any], str] = str
+) -> list[str]:
+    """The "Runtimes compared" section of the Markdown report (empty with one target only);
+    `escape` makes a stored name safe in Markdown."""
+    shown = [c for c in comparisons if len(c.entries) > 1]
+    if not shown:
+        return []
+    lines = ["## Runtimes compared", ""]
+    for comparison in shown:
+        if comparison.reference:
+            note = f"each figure, then its ratio to {comparison.reference} measured in this run"
+        else:
+            note = "PyTorch fp32 was not measured in this run: no ratios"
+        lines += [f"### {escape(comparison.model)} ({note})", ""]
+        labels = [m.label for m in comparison.measures]
+        lines.append("| runtime | variant | " + " | ".join(labels) + " |")
+        lines.append("|---|---|" + "---|" * len(labels))
+        for entry in comparison.entries:
+            cells = [
+                value_text(m.key, entry.values[m.key])
+                + (f" ({ratio_text(entry.relative[m.key])})" if comparison.reference else "")
+                for m in comparison.measures
+            ]
+            who = f"| {escape(entry.runtime)} | {escape(entry.variant)} | "
+            lines.append(who + " | ".join(cells) + " |")
+        lines.append("")
+    return lines

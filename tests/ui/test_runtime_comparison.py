@@ -1,0 +1,134 @@
+"""Runtimes compared within one pipeline run: each (runtime, variant)'s figures and their
+ratios to PyTorch fp32 of the same run, in the Markdown and HTML report, the JSON API and the
+"Compare runtimes" page (rendered in Chromium with its chart)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from embench.report import collect, markdown, resolve_ingest_keys
+from embench.runtime_comparison import compare_runtimes
+from embench.store.db import make_engine, session_scope, upgrade_to_head
+from embench.store.ingest import ingest_result
+from tests.store.factory import MODEL, run_result
+from tests.ui import browser
+from tests.ui.conftest import authenticated_app
+
+DAG_RUN = "scheduled__night-0"
+# (runtime, variant): QPS and p99 of both closed scenarios; torch fp32 is the reference
+TARGETS = {
+    ("torch", "fp32"): (100.0, 20.0),
+    ("onnx", "int8"): (150.0, 12.0),
+    ("openvino", "bf16"): (300.0, 8.0),
+}
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('runtimes') / 'results.db'}"
+    engine = make_engine(url)
+    upgrade_to_head(engine)
+    for index, ((runtime, variant), (qps, p99)) in enumerate(TARGETS.items()):
+        ingest_result(
+            engine,
+            run_result(runtime=runtime, variant=variant, qps=qps, p99_ms=p99, repetition=index),
+        )
+    # another night's run of the same targets, three times faster: never mixed into this one
+    for index, (runtime, variant) in enumerate(TARGETS):
+        fast = run_result(1, runtime=runtime, variant=variant, qps=900.0, repetition=index)
+        ingest_result(engine, fast)
+    engine.dispose()
+    return url
+
+
+def comparison_of(url: str) -> Any:
+    engine = make_engine(url)
+    with session_scope(engine) as session:
+        keys, title = resolve_ingest_keys(session, DAG_RUN)
+        data = collect(session, keys, title)
+    engine.dispose()
+    return data
+
+
+def test_each_target_is_put_against_pytorch_fp32_of_the_same_run(stored: str) -> None:
+    data = comparison_of(stored)
+    (model,) = data.comparison
+    assert model.model == MODEL and model.reference == "torch/fp32"
+    entries = {(e.runtime, e.variant): e for e in model.entries}
+    assert set(entries) == set(TARGETS)
+    for target, (qps, p99) in TARGETS.items():
+        entry = entries[target]
+        assert entry.values["qps_c1"] == pytest.approx(qps, rel=1e-6)
+        assert entry.relative["qps_c1"] == pytest.approx(qps / 100.0, rel=1e-6)
+        assert entry.relative["p99_c1_ms"] == pytest.approx(p99 / 20.0, rel=1e-6)
+    text = markdown(data.rows, data.verdicts, data.title, data)
+    assert "## Runtimes compared" in text
+    assert f"### {MODEL} (each figure, then its ratio to torch/fp32 measured in this run)" in text
+    assert "| openvino | bf16 | 300.0 (3.00x) |" in text
+
+
+def test_without_the_reference_there_are_figures_but_no_ratios(stored: str) -> None:
+    data = comparison_of(stored)
+    rows = [r for r in data.rows if r["runtime"] != "torch"]
+    runs = [r for r in data.runs if r["runtime"] != "torch"]
+    (model,) = compare_runtimes(rows, runs)
+    assert model.reference is None
+    assert all(value is None for e in model.entries for value in e.relative.values())
+    assert {e.values["qps_c1"] for e in model.entries} == {150.0, 300.0}
+
+
+def test_invalid_figures_are_not_compared(stored: str) -> None:
+    data = comparison_of(stored)
+    rows = [{**r, "valid": False} if r["runtime"] == "onnx" else r for r in data.rows]
+    (model,) = compare_runtimes(rows, data.runs)
+    assert {(e.runtime, e.variant) for e in model.entries} == {
+        ("torch", "fp32"),
+        ("openvino", "bf16"),
+    }
+
+
+def test_api_and_page(stored: str) -> None:
+    with TestClient(authenticated_app(stored)) as client:
+        (model,) = client.get("/api/runtimes", params={"run": DAG_RUN}).json()
+        assert model["reference"] == "torch/fp32" and len(model["entries"]) == 3
+        page = client.get("/runtimes")  # the latest multi-target run by default
+        assert page.status_code == 200
+        assert "Compare runtimes" in page.text and "scheduled__night-1" in page.text
+        chosen = client.get("/runtimes", params={"run": DAG_RUN}).text
+        assert '<td class="num better">300.0 <span class="muted">3.00x</span></td>' in chosen
+        report = client.get("/report", params={"run": DAG_RUN}).text
+        assert "<h2>Runtimes compared</h2>" in report and 'id="chart-runtimes"' in report
+
+
+@pytest.fixture(scope="module")
+def page_url(stored: str) -> Iterator[str]:
+    if browser.missing():
+        pytest.skip(str(browser.missing()))
+    with browser.live_server(browser.mounted(authenticated_app(stored))) as url:
+        yield f"{url}/benchmarks/runtimes?run={DAG_RUN}"
+
+
+def test_page_draws_the_ratio_chart_in_a_browser(page_url: str, tmp_path: Path) -> None:
+    from tests.ui.conftest import ARTIFACTS
+
+    driver = browser.make_driver()
+    try:
+        driver.get(page_url)
+        browser.wait_for(driver, "document.querySelector('#chart-runtimes .main-svg') !== null")
+        bars = driver.execute_script(
+            "return document.getElementById('chart-runtimes').data"
+            ".map(t => [t.name, t.x.length, t.y]);"
+        )
+        # QPS c1 and QPS c4 (the factory's heaviest closed scenario), one bar per target
+        assert [b[0] for b in bars] == [f"{MODEL} QPS c1", f"{MODEL} QPS c4"]
+        assert all(length == 3 for _, length, _ in bars)
+        assert sorted(round(y, 2) for y in bars[0][2]) == [1.0, 1.5, 3.0]
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        browser.full_page_screenshot(driver, ARTIFACTS / "compare-runtimes.png")
+    finally:
+        driver.quit()
