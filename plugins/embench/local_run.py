@@ -12,9 +12,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from embench.paths import data_dir
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from embench.runtime_comparison import ModelComparison
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "embedding_benchmark"
@@ -140,6 +145,23 @@ def scenario_seconds(run_dir: Path) -> float:
     return total
 
 
+def runtime_table(comparison: ModelComparison) -> Table:
+    """A model's runtimes side by side, each figure with its ratio to PyTorch fp32."""
+    from rich.table import Table
+
+    from embench.runtime_comparison import entry_cells
+
+    against = f" (ratio to {comparison.reference})" if comparison.reference else ""
+    table = Table(title=f"{comparison.model}: runtimes compared{against}")
+    table.add_column("runtime")
+    table.add_column("variant")
+    for measure in comparison.measures:
+        table.add_column(measure.label, justify="right")
+    for entry in comparison.entries:
+        table.add_row(entry.runtime, entry.variant, *entry_cells(comparison, entry))
+    return table
+
+
 def print_summary(run_id: str, state: str, seconds: float) -> None:
     from rich.table import Table
 
@@ -150,13 +172,16 @@ def print_summary(run_id: str, state: str, seconds: float) -> None:
     from embench.store.queries import dag_run_ingest_keys
 
     with session_scope(make_engine()) as session:
-        rows = collect(session, dag_run_ingest_keys(session, DAG_ID, run_id), run_id).rows
+        data = collect(session, dag_run_ingest_keys(session, DAG_ID, run_id), run_id)
     table = Table(title=f"{DAG_ID} {run_id}: {state} in {seconds:.0f} s")
     for _, label in COLUMNS:
         table.add_column(label, no_wrap=True)
-    for row in rows:
+    for row in data.rows:
         table.add_row(*(cell(key, row.get(key)) for key, _ in COLUMNS))
     console.print(table)
+    for comparison in data.comparison:
+        if len(comparison.entries) > 1:
+            console.print(runtime_table(comparison))
     report = RunContext(DAG_ID, run_id).work_dir().parent
     inside = scenario_seconds(report)
     console.print(

@@ -69,7 +69,8 @@ def compare_runtimes(
     rows: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]]
 ) -> list[ModelComparison]:
     """`rows` and `runs` as embench.report.collect reads them (one scenario of one stored run
-    per row; one stored run per run). Invalid figures are left out, never compared."""
+    per row; one stored run per run). Invalid figures are left out, never compared; a measure
+    no target has (the peak, without a search scenario) is left out of the table."""
     comparisons = []
     for model in sorted({str(r["model"]) for r in rows}):
         of_model = [r for r in rows if str(r["model"]) == model and r.get("valid") is not False]
@@ -103,12 +104,16 @@ def compare_runtimes(
             for key, value in entry.values.items():
                 base = reference.values.get(key) if reference else None
                 entry.relative[key] = value / base if value is not None and base else None
+        if reference is not None:  # the reference leads the table
+            entries.remove(reference)
+            entries.insert(0, reference)
+        measured = [m for m in measures(heavy) if any(e.values[m.key] is not None for e in entries)]
         comparisons.append(
             ModelComparison(
                 model=model,
                 heavy_concurrency=heavy,
                 reference="/".join(REFERENCE) if reference else None,
-                measures=measures(heavy),
+                measures=measured,
                 entries=entries,
             )
         )
@@ -125,6 +130,18 @@ def value_text(key: str, value: float | None) -> str:
 
 def ratio_text(ratio: float | None) -> str:
     return f"{ratio:.2f}x" if ratio is not None else "-"
+
+
+def entry_cells(comparison: ModelComparison, entry: Entry) -> list[str]:
+    """An entry's figures as text, each followed by its ratio when there is one."""
+    cells = []
+    for m in comparison.measures:
+        ratio = entry.relative[m.key]
+        cells.append(
+            value_text(m.key, entry.values[m.key])
+            + (f" ({ratio_text(ratio)})" if ratio is not None else "")
+        )
+    return cells
 
 
 def markdown_section(
@@ -146,12 +163,7 @@ def markdown_section(
         lines.append("| runtime | variant | " + " | ".join(labels) + " |")
         lines.append("|---|---|" + "---|" * len(labels))
         for entry in comparison.entries:
-            cells = [
-                value_text(m.key, entry.values[m.key])
-                + (f" ({ratio_text(entry.relative[m.key])})" if comparison.reference else "")
-                for m in comparison.measures
-            ]
             who = f"| {escape(entry.runtime)} | {escape(entry.variant)} | "
-            lines.append(who + " | ".join(cells) + " |")
+            lines.append(who + " | ".join(entry_cells(comparison, entry)) + " |")
         lines.append("")
     return lines

@@ -23,7 +23,9 @@ def write_short_config(
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "models.yaml").write_text((REPO_ROOT / "config" / "models.yaml").read_text())
     bench = yaml.safe_load((REPO_ROOT / "config" / "benchmark.yaml").read_text())
-    bench["runtimes"] = ["onnx"]  # one runtime unless a test names others (--runtimes)
+    # one model and one runtime unless a test names others (--models, --runtimes)
+    bench["models"] = ["all-minilm-l6-v2"]
+    bench["runtimes"] = ["onnx"]
     bench["warmup"] = {"requests": 10, "duration_s": 0.5}
     # short windows, few checks: these tests are about the pipeline, not about stability
     bench["stability"] = {

@@ -116,7 +116,7 @@ def test_params_validate_the_trigger_form(dag):
         "launcher",
         "fail_on_regression",
     }
-    assert params["models"] == ["all-minilm-l6-v2"]
+    assert params["models"] == ["all-minilm-l6-v2", "all-mpnet-base-v2"]
     for name, bad in (("launcher", "nope"), ("repetitions", 0), ("models", ["nope"])):
         with pytest.raises(ParamValidationError):
             params.get_param(name).resolve(bad)

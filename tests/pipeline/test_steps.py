@@ -12,6 +12,7 @@ from embench.hosts import Host
 def test_plan_expands_models_runtimes_variants_and_repetitions(app_config):
     params = {
         **steps.default_params(app_config),
+        "models": ["all-minilm-l6-v2"],
         "runtimes": ["onnx", "openvino"],
         "variants": ["fp32", "int8"],
         "repetitions": 2,

@@ -47,6 +47,7 @@ def write_short_config(directory: Path) -> Path:
         # one. 29 February: last fired before the DAG's start_date, next in 2028.
         "schedule": "0 2 29 2 *",
         "models": ["all-minilm-l6-v2"],
+        "runtimes": ["onnx"],
         "repetitions": 1,
         "warmup": {"requests": 10, "duration_s": 0.5},
         "stability": {

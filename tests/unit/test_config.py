@@ -35,7 +35,7 @@ def test_shipped_config_loads(app_config):
     assert isinstance(gemma.source, HubSource)
     assert gemma.source.repo_id == "google/embeddinggemma-300m"
     bench = app_config.benchmark
-    assert bench.models == ["all-minilm-l6-v2"]
+    assert bench.models == ["all-minilm-l6-v2", "all-mpnet-base-v2"]
     assert {s.mode for s in bench.scenarios} == {"closed", "open"}
     closed = next(s for s in bench.scenarios if s.mode == "closed")
     assert closed.concurrency and closed.rate is None
@@ -98,10 +98,10 @@ BAD_FILES = [
     ),
     (
         "benchmark.yaml",
-        "models: [all-minilm-l6-v2]",
+        "models: [all-minilm-l6-v2, all-mpnet-base-v2]",
         "models: [all-minilm-l6-v2, nope]",
-        ":5: models[1]: unknown model id 'nope'; models.yaml defines: "
-        "all-minilm-l6-v2, embeddinggemma-300m",
+        ":{line}: models[1]: unknown model id 'nope'; models.yaml defines: "
+        "all-minilm-l6-v2, all-mpnet-base-v2, embeddinggemma-300m",
     ),
     (
         "benchmark.yaml",
@@ -140,7 +140,7 @@ BAD_FILES = [
         "benchmark.yaml",
         "warmup:\n  requests: 50",
         "warmup:\n  requests: 50\n bad: [",
-        ":10:2: YAML syntax error: expected <block end>, but found '<block mapping start>'",
+        ":12:2: YAML syntax error: expected <block end>, but found '<block mapping start>'",
     ),
     (
         "benchmark.yaml",
@@ -265,7 +265,7 @@ def test_several_problems_are_listed_in_one_message(repo_root, tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_config(config_dir)
     assert str(caught.value).splitlines() == [
-        f"{path}:6: repetitions: input should be greater than 0, got 0",
+        f"{path}:8: repetitions: input should be greater than 0, got 0",
         f"{path}:{shipped_line(repo_root, '    concurrency: 16')}: scenarios[1].concurrency: "
         "input should be greater than 0, got 0",
     ]

@@ -105,7 +105,7 @@ def quantize_onnx(src: Path, dst: Path, settings: dict[str, Any]) -> list[str]:
     smooth = settings.get("smooth_activations")
     with quiet_logging():
         if smooth and "MatMul" in settings["op_types"]:
-            feeds = _calibration_feeds(src.parent, smooth)
+            feeds = calibration_feeds(src.parent, smooth)
             smooth_activations(model, set(excluded), feeds, smooth["alpha"])
         quantize_dynamic(
             model,
@@ -200,9 +200,11 @@ def smooth_activations(
     return sum(len(nodes) for nodes in groups.values())
 
 
-def _calibration_feeds(model_dir: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
+def calibration_feeds(model_dir: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
     """The exported model's inputs for the calibration texts (the load client's corpus, never
-    the parity texts), in padded batches as the server feeds them."""
+    the parity texts), in padded batches as the server feeds them; `settings` name the count
+    (calibration_texts), the batch size (calibration_batch) and the seed. Inputs a model lacks
+    (MPNet has no token_type_ids) are dropped by each consumer."""
     import numpy as np
     from tokenizers import Tokenizer
 

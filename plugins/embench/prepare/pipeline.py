@@ -29,7 +29,6 @@ from embench.prepare import build
 from embench.prepare.cache import ArtifactCache, cache_key
 from embench.prepare.parity import (
     ParityResult,
-    calibration_texts,
     check_parity,
     parity_texts,
     reference_embeddings,
@@ -289,8 +288,7 @@ def _build_openvino(
             shutil.copy2(converted / name, staged / name)
         return {}
     quantize = settings["quantize"]
-    texts = calibration_texts(quantize["calibration_texts"], quantize["seed"])
-    feeds = model_feeds(exported, texts, quantize["calibration_batch"], context.model)
+    feeds = build.calibration_feeds(exported, quantize)
     kept = build.quantize_openvino(converted / build.OPENVINO_XML, staged, quantize, feeds)
     return {"nodes_kept_fp32": len(kept)}
 
@@ -303,24 +301,6 @@ def _build_torch(
 
 
 BUILDERS = {"onnx": _build_onnx, "openvino": _build_openvino, "torch": _build_torch}
-
-
-def model_feeds(
-    model_dir: Path, texts: list[str], batch_size: int, model: ModelConfig
-) -> list[dict[str, np.ndarray]]:
-    """The exported model's inputs for `texts`, in batches, as the server would feed them."""
-    from server.runtime.base import pad_batch
-    from server.runtime.tokenizer import load_tokenizer, pad_token_id, tokenize
-
-    tokenizer = load_tokenizer(model_dir, model.max_seq_length)
-    feeds = []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenize(tokenizer, texts[start : start + batch_size])
-        ids, mask = pad_batch(batch, pad_token_id(tokenizer))
-        feeds.append(
-            {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        )
-    return feeds
 
 
 def _model_info(model: ModelConfig) -> ModelInfo:
