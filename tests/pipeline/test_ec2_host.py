@@ -133,7 +133,7 @@ def test_ec2_run_killed_mid_run_is_cleaned_up_and_the_next_run_completes(
     assert run.returncode == 0, run.output[-6000:]
     assert f"released host {orphan}: its run is no longer alive" in run.output
     assert "removed embench-server-" in run.output
-    assert stored_runs(db_url, run.run_id()) == [("fp32", 0, ["closed-c1"])]
+    assert stored_runs(db_url, run.run_id()) == [("onnx", "fp32", 0, ["closed-c1"])]
     assert f"healthy at http://{host.address}:8080" in run.output
     ((seconds, report),) = shipped(run.output)
     assert live_instances(ec2) == [], "an instance was left running in moto"

@@ -226,5 +226,5 @@ def test_server_killed_mid_benchmark_fails_clearly_then_the_retry_succeeds(
     assert "stopped during the benchmark (container exited with code 137)" in run.output
     assert "does not answer" in run.output and "starting a new one" in run.output
     run_id = run.run_id()
-    assert stored_runs(db_url, run_id) == [("fp32", 0, ["closed-c1"])]  # the retry's, once
+    assert stored_runs(db_url, run_id) == [("onnx", "fp32", 0, ["closed-c1"])]  # the retry's, once
     assert containers_of(run_id) == []

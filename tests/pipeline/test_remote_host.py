@@ -71,7 +71,7 @@ def test_a_run_on_an_ssh_host_ships_once_and_leaves_nothing(embench_run, pg_data
 
     first = embench_run("--variants", "fp32", "--scenarios", SCENARIOS, db_url=db_url, host=config)
     assert first.returncode == 0, first.output[-6000:]
-    assert stored_runs(db_url, first.run_id()) == [("fp32", 0, ["closed-c1"])]
+    assert stored_runs(db_url, first.run_id()) == [("onnx", "fp32", 0, ["closed-c1"])]
     (ship_first,) = shipped(first.output)
     assert "'model': 'shipped in" in ship_first[1], ship_first
     assert ship_first[1].count("shipped in") == 3, ship_first  # two images and the model
@@ -157,7 +157,7 @@ def test_ssh_dropped_mid_benchmark_fails_the_try_and_the_retry_measures_again(
     assert run.returncode == 0, run.output[-6000:]
     # The first try failed with the reason; the retry measured again and stored once.
     assert "lost the SSH connection to host th1" in run.output, run.output[-6000:]
-    assert stored_runs(db_url, run.run_id()) == [("fp32", 0, ["closed-c1"])]
+    assert stored_runs(db_url, run.run_id()) == [("onnx", "fp32", 0, ["closed-c1"])]
     assert host_containers(host) == []
 
 

@@ -148,10 +148,7 @@ def prepare_model(
 ) -> list[PreparedVariant]:
     """Every requested variant of the model for one runtime (default: the variants
     models.yaml lists for it), built and parity-checked or from cache."""
-    if runtime not in RUNTIME_VARIANTS:
-        raise EmbenchError(
-            f"unknown runtime {runtime!r}; expected one of: {', '.join(RUNTIME_VARIANTS)}"
-        )
+    _check_runtime(runtime)
     listed = config.model(model_id).runtimes.get(runtime) or RUNTIME_VARIANTS[runtime]
     targets = [(runtime, variant) for variant in variants or listed]
     return prepare_targets(config, model_id, targets, cache_root=cache_root, force=force)
@@ -170,10 +167,11 @@ def prepare_targets(
     model = config.model(model_id)
     targets = list(targets or model.targets())
     for runtime, variant in targets:
-        if variant not in RUNTIME_VARIANTS.get(runtime, ()):
+        _check_runtime(runtime)
+        if variant not in RUNTIME_VARIANTS[runtime]:
             raise EmbenchError(
                 f"unknown variant {variant!r} for the {runtime} runtime; expected one of: "
-                f"{', '.join(RUNTIME_VARIANTS.get(runtime, ()))}"
+                f"{', '.join(RUNTIME_VARIANTS[runtime])}"
             )
     if model.source.kind != "hub":
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local files only: never ask a hub
@@ -220,6 +218,13 @@ def prepare_targets(
                 )
             )
     return results
+
+
+def _check_runtime(runtime: str) -> None:
+    if runtime not in RUNTIME_VARIANTS:
+        raise EmbenchError(
+            f"unknown runtime {runtime!r}; expected one of: {', '.join(RUNTIME_VARIANTS)}"
+        )
 
 
 def artifact_name(runtime: str, variant: str) -> str:
