@@ -15,7 +15,14 @@ from server.runtime.base import Embedder, TokenizedText
 if TYPE_CHECKING:
     from server.runtime.onnx_embedder import OnnxEmbedder
 
-__all__ = ["Embedder", "OnnxEmbedder", "TokenizedText", "create_embedder", "library_versions"]
+__all__ = [
+    "Embedder",
+    "OnnxEmbedder",
+    "TokenizedText",
+    "create_embedder",
+    "installed_versions",
+    "library_versions",
+]
 
 # The libraries each runtime serves with: reported by /info and part of the results' key.
 RUNTIME_LIBRARIES = {
@@ -69,8 +76,13 @@ def create_embedder(
 
 
 def library_versions(runtime: str) -> dict[str, str]:
+    return installed_versions(RUNTIME_LIBRARIES[runtime])
+
+
+def installed_versions(names: tuple[str, ...]) -> dict[str, str]:
+    """Each distribution's installed version, "absent" where it is not installed."""
     versions = {}
-    for name in RUNTIME_LIBRARIES[runtime]:
+    for name in names:
         try:
             versions[name] = version(name)
         except PackageNotFoundError:

@@ -15,7 +15,6 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ from server.manifest import (
     SourceInfo,
     file_sha256,
 )
+from server.runtime import installed_versions
 
 log = logging.getLogger(__name__)
 
@@ -127,16 +127,6 @@ class _BuildContext:
         return self._reference
 
 
-def library_versions() -> dict[str, str]:
-    versions = {}
-    for name in KEYED_LIBRARIES:
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = "absent"
-    return versions
-
-
 def prepare_model(
     config: AppConfig,
     model_id: str,
@@ -177,7 +167,7 @@ def prepare_targets(
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local files only: never ask a hub
     cache = ArtifactCache(cache_root or cache_dir())
     source = resolve_source(model_id, model, config.config_dir, cache.root)
-    versions = library_versions()
+    versions = installed_versions(KEYED_LIBRARIES)
 
     results: list[PreparedVariant] = []
     with cache.staging_dir() as workdir:
