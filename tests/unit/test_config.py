@@ -288,3 +288,14 @@ def test_cli_reports_a_bad_file_without_a_traceback(repo_root, tmp_path):
         f"{shipped_line(repo_root, '    concurrency: 1')}: scenarios[0].concurrency: "
         "input should be greater than 0, got -4"
     )
+
+
+def test_the_config_vocabulary_matches_what_prepare_can_build():
+    """models.yaml is validated against RUNTIME_VARIANTS; prepare builds from its own settings:
+    the two must name the same (runtime, variant)s, each with a parity gate."""
+    from embench.config import RUNTIME_VARIANTS
+    from embench.prepare.variants import PARITY_GATES, RUNTIME_VARIANT_SETTINGS
+
+    buildable = {runtime: tuple(v) for runtime, v in RUNTIME_VARIANT_SETTINGS.items()}
+    assert buildable == RUNTIME_VARIANTS
+    assert {v for variants in RUNTIME_VARIANTS.values() for v in variants} == set(PARITY_GATES)
