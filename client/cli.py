@@ -4,6 +4,7 @@
         --scenarios mode=closed,concurrency=1/4/16 mode=open,rate=50,arrival=constant
     python -m client run --url URL --scenario-file scenarios.json --out result.json
     python -m client schema            # JSON Schema of the result document
+    python -m client fingerprint       # this machine's environment fingerprint (JSON)
 
 Scenario specs are comma-separated key=value pairs with the field names of benchmark.yaml's
 scenarios (name, mode, concurrency, rate, arrival, min_requests, min_duration_s,
@@ -145,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto")
     o.add_argument("--fail-on-invalid", action="store_true")
     sub.add_parser("schema", help="print the result document's JSON Schema")
+    sub.add_parser(
+        "fingerprint",
+        help="print this machine's environment fingerprint (JSON; hardware_key keys results)",
+    )
     return parser
 
 
@@ -317,6 +322,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "schema":
         print(json.dumps(json_schema(), indent=2))
+        return EXIT_OK
+    if args.command == "fingerprint":
+        from client.env import fingerprint
+
+        print(fingerprint().model_dump_json())
         return EXIT_OK
     try:
         req = build_request(args)

@@ -56,7 +56,30 @@ from client.target import (
 from client.workload import TextSource, TokenCounter, Workload, load_corpus
 
 # /info keys that configure the server (the comparability-relevant server config)
-SERVER_CONFIG_KEYS = ("runtime", "threads", "workers", "spinning", "batching", "max_seq_length")
+SERVER_CONFIG_KEYS = (
+    "runtime",
+    "threads",
+    "workers",
+    "spinning",
+    "batching",
+    "max_seq_length",
+    "inter_op_threads",
+    "graph_optimization_level",
+)
+# Keys added after histories began, with the value every server had before they existed: a
+# result at that value (or null: the runtime has no such option) leaves the key out, so its
+# comparability key, and its history, are what they were; any other value starts a new one.
+SERVER_CONFIG_SINCE: dict[str, Any] = {"inter_op_threads": None, "graph_optimization_level": "all"}
+
+
+def server_config(info: dict[str, Any]) -> dict[str, Any]:
+    """The comparability-relevant server config from /info (SERVER_CONFIG_KEYS)."""
+    return {
+        key: info[key]
+        for key in SERVER_CONFIG_KEYS
+        if key in info
+        and not (key in SERVER_CONFIG_SINCE and info[key] in (None, SERVER_CONFIG_SINCE[key]))
+    }
 
 
 class Interrupted(Exception):
@@ -88,7 +111,7 @@ def _pick(label: Any, info: dict[str, Any], key: str) -> Any:
 
 def _metadata(req: RunRequest, info: dict[str, Any], container: dict[str, Any]) -> RunMetadata:
     lab = req.labels
-    server_config = {k: info[k] for k in SERVER_CONFIG_KEYS if k in info}
+    config = server_config(info)
     load_ms = info.get("model_load_ms")
     threads = info.get("threads")
     libs = info.get("library_versions")
@@ -103,8 +126,8 @@ def _metadata(req: RunRequest, info: dict[str, Any], container: dict[str, Any]) 
         manifest_sha256=info.get("manifest_sha256") or info.get("manifest_hash"),
         model_load_ms=float(load_ms) if isinstance(load_ms, int | float) else None,
         threads=threads if isinstance(threads, int) else None,
-        server_config=server_config,
-        server_config_key=stable_hash(server_config),
+        server_config=config,
+        server_config_key=stable_hash(config),
         server_library_versions=(
             {str(k): str(v) for k, v in libs.items()} if isinstance(libs, dict) else {}
         ),

@@ -227,6 +227,8 @@ class ClientOptions(ParamsModel):
     """How requests are made; the same for every scenario of a run."""
 
     endpoint: Endpoint = "embed"
+    # openai: the requests' "model" field, for servers that want one (None: left out)
+    request_model: str | None = None
     text_mode: TextMode = "unique"
     # repeat mode: this many distinct requests are cycled (for testing server-side caches)
     repeat_pool: PositiveInt = 16

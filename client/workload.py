@@ -218,6 +218,7 @@ class Workload:
         self.n_texts = params.texts_per_request
         self.target_tokens = LENGTH_BUCKET_TOKENS[params.length_bucket]
         self.endpoint = options.endpoint
+        self.request_model = options.request_model
         seed_doc = f"{options.seed}:{params.name}".encode()
         self.rng = random.Random(int.from_bytes(hashlib.sha256(seed_doc).digest()[:8], "big"))
         self._pool: list[PreparedRequest] = []
@@ -233,6 +234,8 @@ class Workload:
             texts.append(t)
             tokens += n
         doc: dict[str, object] = {"texts": texts} if self.endpoint == "embed" else {"input": texts}
+        if self.request_model and self.endpoint == "openai":
+            doc["model"] = self.request_model
         return PreparedRequest(dumps(doc), self.n_texts, tokens)
 
     def next(self) -> PreparedRequest:

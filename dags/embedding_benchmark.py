@@ -3,17 +3,19 @@
 
 Per model, runtime and variant: prepare the model (ONNX export, optimization, int8; OpenVINO
 conversion, bf16, int8; the PyTorch model itself; a parity gate for each), start the inference
-server, drive it with the load client, stop it, store the results,
+server (with its settings tuned for the host, when autotune is on), drive it with the load
+client, stop it, store the results,
 judge them against their history. The host is provisioned first and released last.
 
     plan -> provision_host (setup)
          -> benchmark[model x runtime x variant x repetition]:
-              prepare_model -> ship_to_host -> start_server (setup) -> run_benchmark
+              prepare_model -> ship_to_host -> tune_server (per host, cached)
+                            -> start_server (setup) -> run_benchmark
                             -> stop_server (teardown) -> store_results
          -> release_host (teardown) -> detect_regressions (repetitions pooled) -> report
 
 Trigger it from the UI with the form (models, runtimes, variants, scenarios, repetitions,
-provisioner, launcher, fail on regression) or let it run nightly. Settings:
+provisioner, launcher, fail on regression, autotune) or let it run nightly. Settings:
 config/benchmark.yaml.
 """
 
@@ -75,7 +77,10 @@ def run_is_live() -> steps.RunIsLive:
             type="array",
             items={"type": "string", "enum": list(ALL_RUNTIMES)},
             uniqueItems=True,
-            description="Empty: each model's own runtimes from models.yaml.",
+            description=(
+                "Empty: each model's own runtimes (models.yaml) and external servers "
+                "(benchmark.yaml)."
+            ),
         ),
         "variants": Param(
             DEFAULTS["variants"],
@@ -106,6 +111,12 @@ def run_is_live() -> steps.RunIsLive:
             description="auto: docker (on this machine: process when no Docker daemon answers).",
         ),
         "fail_on_regression": Param(DEFAULTS["fail_on_regression"], type="boolean"),
+        "autotune": Param(
+            DEFAULTS["autotune"],
+            type="boolean",
+            description="Tune the server's settings per host first (benchmark.yaml's autotune; "
+            "cached per host fingerprint).",
+        ),
     },
 )
 def embedding_benchmark() -> None:
@@ -134,6 +145,14 @@ def embedding_benchmark() -> None:
         @task(execution_timeout=timedelta(minutes=30), priority_weight=5, **RETRY, **ON_HOST)
         def ship_to_host(prepared: dict[str, Any], provisioned: dict[str, Any]) -> dict[str, Any]:
             return steps.ship_to_host(prepared, provisioned, CONFIG)
+
+        @task(execution_timeout=timedelta(minutes=30), priority_weight=8, **RETRY, **ON_HOST)
+        def tune_server(
+            prepared: dict[str, Any],
+            provisioned: dict[str, Any],
+            params: dict[str, Any] | None = None,
+        ) -> dict[str, Any]:
+            return steps.tune_server(prepared, provisioned, params or {}, ctx(), CONFIG)
 
         @setup
         @task(execution_timeout=timedelta(minutes=10), priority_weight=10, **RETRY, **ON_HOST)
@@ -165,9 +184,10 @@ def embedding_benchmark() -> None:
 
         prepared = prepare_model(target)
         shipped = ship_to_host(prepared, host)
-        server = start_server(prepared, host)
-        shipped >> server
-        result = run_benchmark(prepared, host, server)
+        tuned = tune_server(prepared, host)
+        shipped >> tuned
+        server = start_server(tuned, host)
+        result = run_benchmark(tuned, host, server)
         stopped = stop_server(server, host)
         result >> stopped
         stored = store_results(result)

@@ -414,6 +414,13 @@ def _embedding_response(body: bytes, result: EmbedResult, started: float) -> Res
 
 async def _load(state: ServerState) -> None:
     settings = state.settings
+    for name in settings.ignored():
+        log.warning(
+            "%s=%s has no effect on the %s runtime: ignored",
+            settings.env_name(name),
+            getattr(settings, name),
+            settings.runtime,
+        )
     try:
         model = await asyncio.to_thread(state.loader, settings)
         if settings.warmup:
@@ -484,6 +491,10 @@ def _info(state: ServerState) -> dict[str, object]:
         "threads": settings.threads,
         "workers": settings.workers,
         "spinning": settings.spinning,
+        # null where the runtime has no such option (ignored) or, for inter-op threads, where
+        # it is left at the runtime's default
+        "inter_op_threads": settings.applied("inter_op_threads"),
+        "graph_optimization_level": settings.applied("graph_optimization_level"),
         "batching": {
             "max_batch_tokens": settings.max_batch_tokens,
             "max_batch_texts": settings.max_batch_texts,
@@ -518,7 +529,8 @@ def _info(state: ServerState) -> dict[str, object]:
         )
         if spec.manifest is not None:
             info["model_info"] = spec.manifest.model.model_dump()
-            info["parity"] = spec.manifest.parity.model_dump()
+            if spec.manifest.parity is not None:
+                info["parity"] = spec.manifest.parity.model_dump()
     if state.batcher is not None:
         info["queue"] = {
             "queued_texts": state.batcher.queued_texts,

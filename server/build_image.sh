@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Build an embench server image from server/Dockerfile with the legacy builder.
 #
-# Usage: server/build_image.sh [--target onnx|openvino|torch] [--tag TAG] [--base-image IMAGE]
-#   --target      onnx (default), openvino or torch
+# Usage: server/build_image.sh [--target onnx|openvino|torch|infinity] [--tag TAG] [--base-image IMAGE]
+#   --target      onnx (default), openvino, torch or infinity (the peer server)
 #   --tag         image tag (default embench-server:<target>)
 #   --base-image  BASE_IMAGE build argument (default: $EMBENCH_BASE_IMAGE, else
 #                 embench-base:bookworm when that image exists locally, else python:3.11-slim)
 #
-# For the torch target, a local CPU torch wheel (EMBENCH_TORCH_WHEEL_DIR, default /opt/wheels)
+# For the torch and infinity targets, a local CPU torch wheel (EMBENCH_TORCH_WHEEL_DIR, default /opt/wheels)
 # is copied into server/.wheels (git-ignored) so that the build never downloads PyPI's CUDA
 # torch; without one, the build uses the PyTorch CPU index instead.
 set -euo pipefail
@@ -25,7 +25,7 @@ while [ $# -gt 0 ]; do
         *) echo "build_image.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
-case "$TARGET" in onnx|openvino|torch) ;; *) echo "build_image.sh: --target must be onnx, openvino or torch" >&2; exit 2 ;; esac
+case "$TARGET" in onnx|openvino|torch|infinity) ;; *) echo "build_image.sh: --target must be onnx, openvino, torch or infinity" >&2; exit 2 ;; esac
 TAG="${TAG:-embench-server:$TARGET}"
 if [ -z "$BASE" ]; then
     if docker image inspect embench-base:bookworm >/dev/null 2>&1; then
@@ -36,7 +36,7 @@ if [ -z "$BASE" ]; then
 fi
 
 ARGS=(--build-arg "BASE_IMAGE=$BASE" --target "$TARGET" -t "$TAG" -f "$HERE/Dockerfile")
-if [ "$TARGET" = torch ]; then
+if [ "$TARGET" = torch ] || [ "$TARGET" = infinity ]; then
     WHEEL_DIR="${EMBENCH_TORCH_WHEEL_DIR:-/opt/wheels}"
     shopt -s nullglob
     wheels=("$WHEEL_DIR"/torch-2.13.0+cpu-*.whl)

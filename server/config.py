@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -18,6 +18,14 @@ ENV_PREFIX = "EMBENCH_"
 
 class ConfigError(ValueError):
     """A setting is missing or invalid; the message names the environment variable."""
+
+
+# Settings only some runtimes have, and which ones: elsewhere the server ignores them (with a
+# warning at start) and /info reports them as null.
+RUNTIME_SPECIFIC: dict[str, tuple[str, ...]] = {
+    "inter_op_threads": ("onnx", "torch"),
+    "graph_optimization_level": ("onnx",),
+}
 
 
 def available_cpus() -> int:
@@ -48,7 +56,23 @@ class ServerSettings(BaseModel):
         description="inference workers: batches run concurrently on one shared session "
         "(e.g. 2 workers x 1 thread instead of 1 x 2 where intra-op scaling is poor)",
     )
-    spinning: bool = Field(default=False, description="let idle intra-op threads spin")
+    spinning: bool = Field(
+        default=False, description="let idle intra-op (and inter-op) threads spin (ONNX Runtime)"
+    )
+    inter_op_threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="inter-op threads: ONNX Runtime's inter_op_num_threads, run in parallel "
+        "execution mode when > 1 (unset: 1, sequential); PyTorch's set_num_interop_threads "
+        "(unset: PyTorch's own default); OpenVINO has no inter-op pool (its parallelism "
+        "across batches is streams, one per worker): ignored there, with a warning",
+    )
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = Field(
+        default="all",
+        description="ONNX Runtime's graph optimization level (PyTorch and OpenVINO have no "
+        "such option: ignored there, with a warning)",
+    )
     max_batch_tokens: int = Field(
         default=8192, ge=1, description="padded tokens (texts x longest) per inference batch"
     )
@@ -97,6 +121,22 @@ class ServerSettings(BaseModel):
                 f"EMBENCH_MAX_QUEUE ({self.max_queue}): such a request could never be admitted"
             )
         return self
+
+    def applied(self, name: str) -> Any:
+        """A runtime-specific setting as the runtime applies it: None where the runtime has
+        no such option (the setting is ignored) or where it is left at its unset default."""
+        if self.runtime not in RUNTIME_SPECIFIC.get(name, (self.runtime,)):
+            return None
+        return getattr(self, name)
+
+    def ignored(self) -> list[str]:
+        """Settings given a non-default value that this runtime has no use for."""
+        return [
+            name
+            for name in RUNTIME_SPECIFIC
+            if self.runtime not in RUNTIME_SPECIFIC[name]
+            and getattr(self, name) != type(self).model_fields[name].default
+        ]
 
     @classmethod
     def env_name(cls, field: str) -> str:

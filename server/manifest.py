@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA_VERSION = 2
-Runtime = Literal["onnx", "torch", "openvino"]
+# ours, then the peers (infinity-emb serves what prepare built; external: only the reference)
+Runtime = Literal["onnx", "torch", "openvino", "infinity", "external"]
 
 
 class _Frozen(BaseModel):
@@ -66,7 +67,8 @@ class Manifest(_Frozen):
     model_bytes: int  # the weights' files (model.onnx, openvino_model.bin, model.safetensors)
     build_seconds: float
     built_at: str
-    parity: ParityInfo
+    # None only for an external server's entry: its parity is checked through its API
+    parity: ParityInfo | None
 
 
 def read_manifest(model_dir: Path) -> Manifest:

@@ -164,6 +164,8 @@ def load_model(settings: ServerSettings, spec: ModelSpec | None = None) -> Loade
         threads=settings.threads,
         workers=settings.workers,
         spinning=settings.spinning,
+        inter_op_threads=settings.applied("inter_op_threads"),
+        graph_optimization_level=settings.applied("graph_optimization_level"),
     )
     return LoadedModel(
         spec=spec,

@@ -7,6 +7,7 @@ container: the client's models are built from the config models field by field."
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from client.scenario import (
     ClientOptions,
@@ -37,15 +38,18 @@ def scenario_file(
     names: list[str] | None = None,
     labels: RunLabels | None = None,
     tokenizer: str | None = None,
+    options: dict[str, Any] | None = None,
 ) -> ScenarioFile:
     """`tokenizer`: the model's tokenizer.json, for exact text lengths (a path relative to
-    the scenario file travels with it to a client elsewhere)."""
+    the scenario file travels with it to a client elsewhere). `options`: more of the
+    client's options (the endpoint of a peer, say)."""
     bench = config.benchmark
+    chosen = {**({"tokenizer": tokenizer} if tokenizer else {}), **(options or {})}
     return ScenarioFile(
         scenarios=select_scenarios(config, names),
         warmup=WarmupParams.model_validate(bench.warmup.model_dump()),
         stability=StabilityParams.model_validate(bench.stability.model_dump()),
-        options=ClientOptions(tokenizer=tokenizer) if tokenizer else None,
+        options=ClientOptions(**chosen) if chosen else None,
         metadata=labels,
     )
 

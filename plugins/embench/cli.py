@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from embench.config import ALL_RUNTIMES, ALL_VARIANTS, load_config
+from embench.config import ALL_VARIANTS, RUNTIME_VARIANTS, load_config
 from embench.console import stdout
 from embench.errors import ConfigError, EmbenchError
 
@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("--model", required=True, help="model id from models.yaml")
     prepare.add_argument(
         "--runtime",
-        choices=ALL_RUNTIMES,
+        choices=tuple(RUNTIME_VARIANTS),
         help="one runtime (default: each runtime models.yaml lists for the model)",
     )
     prepare.add_argument(
@@ -237,6 +237,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         },
         "benchmark_models": config.benchmark.models,
         "scenarios": [s.name for s in config.benchmark.scenarios],
+        "external": {e.name: {"model": e.model, "url": e.url} for e in config.benchmark.external},
     }
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -245,6 +246,10 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         for model_id, runtimes in summary["models"].items():
             listed = "; ".join(f"{r}: {', '.join(v)}" for r, v in runtimes.items())
             stdout.print(f"  model {model_id}: {listed}", highlight=False)
+        for name, external in summary["external"].items():
+            stdout.print(
+                f"  external {name}: {external['model']} at {external['url']}", highlight=False
+            )
         stdout.print(f"  scenarios: {', '.join(summary['scenarios'])}", highlight=False)
     return 0
 

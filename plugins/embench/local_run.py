@@ -94,6 +94,8 @@ def conf_from_args(args: argparse.Namespace) -> dict[str, Any]:
             conf[key] = getattr(args, key)
     if args.fail_on_regression:
         conf["fail_on_regression"] = True
+    if args.autotune is not None:
+        conf["autotune"] = args.autotune
     return conf
 
 
@@ -123,6 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--provisioner", choices=["local", "ssh", "ec2"])
     parser.add_argument("--launcher", choices=["auto", "docker", "process"])
     parser.add_argument("--fail-on-regression", action="store_true")
+    parser.add_argument(
+        "--autotune",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="tune the server's settings for this host before each target "
+        "(default: benchmark.yaml's autotune.enabled; cached per host fingerprint)",
+    )
     args = parser.parse_args(argv)
 
     env = airflow_environment()
@@ -167,6 +176,7 @@ def print_summary(run_id: str, state: str, seconds: float) -> None:
 
     from embench.console import stdout as console
     from embench.report import COLUMNS, cell, collect
+    from embench.runtime_comparison import peer_sentence
     from embench.steps import RunContext
     from embench.store.db import make_engine, session_scope
     from embench.store.queries import dag_run_ingest_keys
@@ -182,6 +192,8 @@ def print_summary(run_id: str, state: str, seconds: float) -> None:
     for comparison in data.comparison:
         if len(comparison.entries) > 1:
             console.print(runtime_table(comparison))
+            if sentence := peer_sentence(comparison):
+                console.print(sentence, highlight=False)
     report = RunContext(DAG_ID, run_id).work_dir().parent
     inside = scenario_seconds(report)
     console.print(

@@ -23,9 +23,12 @@ from embench.runtime_comparison import (
     ratio_text,
     value_text,
 )
+from embench.served_parity import parity_from_labels
 from embench.store.detect import INTERVALS, resolve_run, stored_verdicts
 from embench.store.models import Environment, ModelArtifact, Run, ScenarioRow
 from embench.store.queries import COMPARISON_METRICS, dag_run_ingest_keys, runs_comparison
+from embench.tuning_report import markdown_section as tuning_section
+from embench.tuning_report import tuning_record, tuning_rows
 
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("variant", "variant"),
@@ -109,6 +112,7 @@ def markdown(
         lines += _markdown_peaks(peaks)
     if data is not None:
         lines += markdown_section(data.comparison, _md)
+        lines += tuning_section(data.tuning, _md)
     if data is not None:
         lines += _markdown_details(data)
     flagged = [v for v in verdicts if v["status"] in ("regressed", "improved")]
@@ -170,6 +174,8 @@ PEAK_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 # Label a pipeline may set with the server's start-to-healthy time (seconds).
 COLD_START_LABEL = "start_to_healthy_s"
+# Label the pipeline sets on a tuned target: embench.tuning's record, as JSON.
+TUNING_LABEL = "autotune"
 COLD_START_ABSENT = (
     "not stored: the result documents of this run carry no server start-to-healthy time "
     "(it is logged by the start_server task only)"
@@ -188,6 +194,7 @@ class ReportData:
     warnings: list[dict[str, Any]] = field(default_factory=list)
     series: list[dict[str, Any]] = field(default_factory=list)
     comparison: list[ModelComparison] = field(default_factory=list)
+    tuning: list[dict[str, Any]] = field(default_factory=list)  # embench.tuning_report rows
     generated_at: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -219,6 +226,7 @@ def collect(session: Session, ingest_keys: Sequence[str], title: str) -> ReportD
     by_key: dict[str, dict[str, Any]] = {}
     for run, env, parity in session.execute(stmt).all():
         parity = parity or (run.document.get("metadata", {}).get("server_info") or {}).get("parity")
+        parity = parity or parity_from_labels(run.labels)  # a peer's: through its API only
         info = {
             "ingest_key": run.ingest_key,
             "run_id": run.doc_run_id,
@@ -234,6 +242,7 @@ def collect(session: Session, ingest_keys: Sequence[str], title: str) -> ReportD
             "image": run.image,
             "model_load_ms": run.model_load_ms,
             "cold_start_s": _float((run.labels or {}).get(COLD_START_LABEL)),
+            "tuning": tuning_record(run.labels, TUNING_LABEL),
             "parity": parity if isinstance(parity, dict) else None,
             "environment_id": env.id,
             "server_config": run.server_config,
@@ -346,6 +355,7 @@ def collect(session: Session, ingest_keys: Sequence[str], title: str) -> ReportD
         warnings=warnings,
         series=_series(rows),
         comparison=compare_runtimes(rows, runs),
+        tuning=tuning_rows(runs),
         generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
 

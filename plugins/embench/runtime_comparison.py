@@ -1,5 +1,6 @@
 """Runtimes compared: per model of one pipeline run, each (runtime, variant)'s figures and each
-relative to PyTorch eager fp32 measured in the same run, on the same host.
+relative to PyTorch eager fp32 measured in the same run, on the same host; and each server's
+throughput relative to the peer server infinity-emb's, when the run measured it.
 
 Only figures of the same run are put side by side: the host changes from one run to the next
 (31% in throughput an hour apart on the shared machines), so a ratio across runs would be
@@ -13,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 REFERENCE = ("torch", "fp32")  # the model as its authors run it
+PEER = ("infinity", "fp32")  # the peer server, on the same ONNX fp32 file as onnx/fp32
+PEER_MEASURES = ("qps_c1", "qps_heavy", "peak_qps")  # throughput: what a server adds or loses
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class Entry:
     variant: str
     values: dict[str, float | None]
     relative: dict[str, float | None] = field(default_factory=dict)  # value / reference's
+    versus_peer: dict[str, float | None] = field(default_factory=dict)  # value / the peer's
 
 
 @dataclass
@@ -51,6 +55,7 @@ class ModelComparison:
     reference: str | None  # "torch/fp32" when the run measured it
     measures: list[Measure]
     entries: list[Entry]
+    peer: str | None = None  # "infinity/fp32" when the run measured it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,10 +105,10 @@ def compare_runtimes(
             }
             entries.append(Entry(runtime, variant, values))
         reference = next((e for e in entries if (e.runtime, e.variant) == REFERENCE), None)
+        peer = next((e for e in entries if (e.runtime, e.variant) == PEER), None)
         for entry in entries:
-            for key, value in entry.values.items():
-                base = reference.values.get(key) if reference else None
-                entry.relative[key] = value / base if value is not None and base else None
+            entry.relative = _ratios(entry, reference, entry.values)
+            entry.versus_peer = _ratios(entry, peer, {k: entry.values[k] for k in PEER_MEASURES})
         if reference is not None:  # the reference leads the table
             entries.remove(reference)
             entries.insert(0, reference)
@@ -115,9 +120,36 @@ def compare_runtimes(
                 reference="/".join(REFERENCE) if reference else None,
                 measures=measured,
                 entries=entries,
+                peer="/".join(PEER) if peer else None,
             )
         )
     return comparisons
+
+
+def _ratios(
+    entry: Entry, base: Entry | None, values: dict[str, float | None]
+) -> dict[str, float | None]:
+    """Each of `values` over `base`'s (None where either is missing)."""
+    ratios: dict[str, float | None] = {}
+    for key, value in values.items():
+        of_base = base.values.get(key) if base is not None else None
+        ratios[key] = value / of_base if value is not None and of_base else None
+    return ratios
+
+
+def peer_sentence(comparison: ModelComparison, escape: Callable[[Any], str] = str) -> str | None:
+    """One line: each other target's throughput over the peer server's, same run."""
+    if comparison.peer is None:
+        return None
+    shown = [m for m in comparison.measures if m.key in PEER_MEASURES]
+    parts = []
+    for entry in comparison.entries:
+        if f"{entry.runtime}/{entry.variant}" == comparison.peer:
+            continue
+        ratios = " / ".join(ratio_text(entry.versus_peer.get(m.key)) for m in shown)
+        parts.append(f"{escape(entry.runtime)}/{escape(entry.variant)} {ratios}")
+    labels = " / ".join(m.label for m in shown)
+    return f"Against the peer server {comparison.peer} in this run ({labels}): " + "; ".join(parts)
 
 
 def value_text(key: str, value: float | None) -> str:
@@ -166,4 +198,6 @@ def markdown_section(
             who = f"| {escape(entry.runtime)} | {escape(entry.variant)} | "
             lines.append(who + " | ".join(entry_cells(comparison, entry)) + " |")
         lines.append("")
+        if sentence := peer_sentence(comparison, escape):
+            lines += [sentence, ""]
     return lines

@@ -17,15 +17,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from client.scenario import RunLabels
 from embench.bench import scenario_file, write_scenario_file
 from embench.config import AppConfig
-from embench.config.schema import ALL_RUNTIMES, ALL_VARIANTS
+from embench.config.schema import ALL_RUNTIMES, ALL_VARIANTS, EXTERNAL_RUNTIME
 from embench.errors import ConfigError, EmbenchError
 from embench.hosts import Host, make_provisioner
 from embench.launch.docker_server import RunIsLive, deployment_name
+from embench.launch.external import external_handle
 from embench.launch.handle import ServerHandle
 from embench.launch.host_probe import HostCalibration
 from embench.launch.site import DockerSite, Site, open_site
 from embench.paths import data_dir
+from embench.peers import client_options
 from embench.provenance import git_sha
+from embench.served_parity import check_target_parity, parity_label
 
 log = logging.getLogger(__name__)
 # The Airflow pool of the tasks that use the benchmark host: one slot, one benchmark at a time.
@@ -101,6 +104,7 @@ class RunParams(BaseModel):
     provisioner: Literal["local", "ssh", "ec2"] = "local"
     launcher: Launcher = "auto"
     fail_on_regression: bool = False
+    autotune: bool | None = None  # None: benchmark.yaml's autotune.enabled
 
 
 def default_params(config: AppConfig) -> dict[str, Any]:
@@ -114,6 +118,7 @@ def default_params(config: AppConfig) -> dict[str, Any]:
         "provisioner": bench.host.provisioner,
         "launcher": "auto",
         "fail_on_regression": bench.regression.on_regression == "fail",
+        "autotune": bench.autotune.enabled,
     }
 
 
@@ -151,10 +156,11 @@ def plan_targets(params: dict[str, Any], config: AppConfig) -> list[dict[str, An
     run = parse_params(params, config)
     targets = []
     for model_id in run.models:
-        for runtime, variant in config.model(model_id).targets():
+        for runtime, variant in _model_targets(config, model_id):
             if run.runtimes and runtime not in run.runtimes:
                 continue
-            if run.variants and variant not in run.variants:
+            # an external server's variant is its name: the variants filter is for builds
+            if run.variants and variant not in run.variants and runtime != EXTERNAL_RUNTIME:
                 continue
             for repetition in range(1, run.repetitions + 1):
                 targets.append(
@@ -169,6 +175,12 @@ def plan_targets(params: dict[str, Any], config: AppConfig) -> list[dict[str, An
     if not targets:
         raise ConfigError("DAG params select no (model, runtime, variant) to benchmark")
     return targets
+
+
+def _model_targets(config: AppConfig, model_id: str) -> list[tuple[str, str]]:
+    """models.yaml's (runtime, variant) pairs of the model, then its external servers."""
+    external = [(EXTERNAL_RUNTIME, e.name) for e in config.external_for(model_id)]
+    return config.model(model_id).targets() + external
 
 
 def resolve_launcher(requested: str, host: Host) -> str:
@@ -267,17 +279,16 @@ def release_host(provisioned: dict[str, Any] | None, ctx: RunContext, config: Ap
 
 
 def prepare_target(target: dict[str, Any], config: AppConfig) -> dict[str, Any]:
-    from embench.prepare import prepare_model
+    from embench.prepare.pipeline import prepare_targets
 
-    (prepared,) = prepare_model(
-        config, target["model"], [target["variant"]], runtime=target["runtime"]
-    )
+    (prepared,) = prepare_targets(config, target["model"], [(target["runtime"], target["variant"])])
+    parity = prepared.manifest.parity
     return {
         **target,
         "model_dir": str(prepared.directory),
         "manifest_sha256": prepared.manifest_sha256,
         "cache_hit": prepared.cache_hit,
-        "parity_mean_cosine": prepared.manifest.parity.mean_cosine,
+        "parity_mean_cosine": parity.mean_cosine if parity else None,
     }
 
 
@@ -287,6 +298,41 @@ def ship_to_host(
     """Put the images and the prepared model on the host, each only when it lacks them."""
     with open_site(provisioned, config) as site:
         return dict(site.ship(prepared))
+
+
+def tune_server(
+    prepared: dict[str, Any],
+    provisioned: dict[str, Any],
+    params: dict[str, Any],
+    ctx: RunContext,
+    config: AppConfig,
+) -> dict[str, Any]:
+    """The prepared target with the server settings to benchmark it with (`server_settings`)
+    and the tuning record (`tuning`, None when not tuned): benchmark.yaml's `server:`
+    settings at once when autotune is off (benchmark.yaml or the `autotune` param) or the
+    target is a peer server; else the settings embench.tuning finds on this host (or has
+    cached for it)."""
+    from embench.tuning import TUNABLE_RUNTIMES, tune
+
+    server = config.benchmark.server
+    if prepared["runtime"] not in TUNABLE_RUNTIMES:
+        return {**prepared, "server_settings": None, "tuning": None}
+    settings = server.settings()
+    enabled = parse_params(params, config).autotune
+    if not (config.benchmark.autotune.enabled if enabled is None else enabled):
+        return {**prepared, "server_settings": settings, "tuning": None}
+    with open_site(provisioned, config) as site:
+        record = tune(
+            site,
+            prepared,
+            settings,
+            server.limits.model_dump(),
+            config.benchmark.autotune,
+            ctx.work_dir() / "autotune",
+            server_name(ctx).replace("embench-server-", "embench-tune-", 1),
+            ctx.container_labels(),
+        )
+    return {**prepared, "server_settings": record["settings"], "tuning": record}
 
 
 def server_name(ctx: RunContext) -> str:
@@ -304,9 +350,7 @@ def start_server(
 ) -> dict[str, Any]:
     """Setup: start the server under test on the host and wait until it answers /health."""
     with open_site(provisioned, config) as site:
-        handle = site.start_server(
-            prepared, server_name(ctx), ctx.container_labels(), ctx.work_dir() / "server.log"
-        )
+        handle = _start(site, prepared, ctx, config)
     log.info(
         "server %s healthy at %s, %.1f s from start",
         handle.name,
@@ -324,10 +368,25 @@ def stop_server(
 ) -> None:
     """Teardown: fetch the server's log, remove the server (by id, and by name for a
     replacement a retry started). Safe when start_server failed before a server existed."""
-    if not handle or not provisioned:
-        return
+    if not handle or not provisioned or handle["launcher"] == "external":
+        return  # nothing started, or a server the user runs
     with open_site(provisioned, config) as site:
         site.stop_server(ServerHandle.from_dict(handle), ctx.work_dir() / "server.log")
+
+
+def _start(
+    site: Site, prepared: dict[str, Any], ctx: RunContext, config: AppConfig
+) -> ServerHandle:
+    """The target's server: started on the site, or (external) found answering."""
+    if prepared["runtime"] == EXTERNAL_RUNTIME:
+        return external_handle(config.external(prepared["variant"]))
+    return site.start_server(
+        prepared,
+        server_name(ctx),
+        ctx.container_labels(),
+        ctx.work_dir() / "server.log",
+        settings=prepared.get("server_settings"),  # tune_server's (None: benchmark.yaml's)
+    )
 
 
 # ---------------------------------------------------------------------------- benchmark
@@ -347,8 +406,9 @@ def run_benchmark(
     server's cores before and after the scenarios (the server idle) and goes into the result:
     a failed probe is a note there, never the benchmark's failure."""
     with open_site(provisioned, config) as site:
-        handle = _server_answering(site, prepared, ServerHandle.from_dict(server), ctx)
-        scenarios = write_run_scenarios(prepared, ctx, config, handle)
+        handle = _server_answering(site, prepared, ServerHandle.from_dict(server), ctx, config)
+        parity = check_target_parity(prepared, handle.url, handle.name, config)
+        scenarios = write_run_scenarios(prepared, ctx, config, handle, parity_label(parity))
         out = result_path(ctx)
         out.unlink(missing_ok=True)  # a failed earlier try's partial result
         calibration = HostCalibration(site, handle)
@@ -380,6 +440,8 @@ def run_benchmark(
 
 
 def _server_failure(site: Site, handle: ServerHandle) -> str | None:
+    if handle.launcher == "external":
+        return None  # not ours to watch: a failure shows as errors in the result
     try:
         return site.server_failure(handle)
     except Exception as exc:  # the host went away: not the server's fault, and no verdict
@@ -388,7 +450,7 @@ def _server_failure(site: Site, handle: ServerHandle) -> str | None:
 
 
 def _server_answering(
-    site: Site, prepared: dict[str, Any], handle: ServerHandle, ctx: RunContext
+    site: Site, prepared: dict[str, Any], handle: ServerHandle, ctx: RunContext, config: AppConfig
 ) -> ServerHandle:
     """The server of the setup task, or a new one when it died (a retry after a crash)."""
     import urllib.request
@@ -399,18 +461,23 @@ def _server_answering(
                 return handle
     except OSError as exc:
         log.warning("server %s does not answer (%s): starting a new one", handle.name, exc)
-    site.stop_server(handle, None)
-    return site.start_server(
-        prepared, server_name(ctx), ctx.container_labels(), ctx.work_dir() / "server.log"
-    )
+    if handle.launcher != "external":
+        site.stop_server(handle, None)
+    return _start(site, prepared, ctx, config)
 
 
 def write_run_scenarios(
-    target: dict[str, Any], ctx: RunContext, config: AppConfig, server: ServerHandle
+    target: dict[str, Any],
+    ctx: RunContext,
+    config: AppConfig,
+    server: ServerHandle,
+    labels_extra: dict[str, str] | None = None,
 ) -> Path:
-    from embench.report import COLD_START_LABEL
+    from embench.report import COLD_START_LABEL, TUNING_LABEL
 
-    extra = {"repetition": str(target["repetition"])}
+    extra = {"repetition": str(target["repetition"]), **(labels_extra or {})}
+    if target.get("tuning"):
+        extra[TUNING_LABEL] = json.dumps(target["tuning"], sort_keys=True)
     if server.start_to_healthy_s is not None:
         extra[COLD_START_LABEL] = str(server.start_to_healthy_s)
     labels = RunLabels(
@@ -424,7 +491,8 @@ def write_run_scenarios(
     tokenizer = ctx.work_dir() / TOKENIZER_FILE
     tokenizer.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(Path(target["model_dir"]) / TOKENIZER_FILE, tokenizer)
-    document = scenario_file(config, target["scenarios"] or None, labels, TOKENIZER_FILE)
+    options = client_options(target, config)
+    document = scenario_file(config, target["scenarios"] or None, labels, TOKENIZER_FILE, options)
     return write_scenario_file(ctx.work_dir() / "scenarios.json", document)
 
 

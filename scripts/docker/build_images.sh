@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the pipeline's images (server onnx, openvino and torch targets, client) when a Docker daemon
+# Build the pipeline's images (server onnx, openvino and torch targets, the infinity-emb peer, client) when a Docker daemon
 # answers; without one, say so and exit 0: the process launcher needs no image.
 # Layer caching makes a rebuild with unchanged sources take seconds.
 #
@@ -28,6 +28,7 @@ server/build_image.sh --target onnx --tag embench-server:onnx --base-image "$bas
 server/build_image.sh --target openvino --tag embench-server:openvino --base-image "$base"
 if [ "$torch" = 1 ]; then
     server/build_image.sh --target torch --tag embench-server:torch --base-image "$base"
+    server/build_image.sh --target infinity --tag embench-server:infinity --base-image "$base"
 fi
 docker build -q --build-arg "BASE_IMAGE=$base" -t embench-client:latest -f client/Dockerfile client
-echo "[images] built: embench-server:onnx, embench-server:openvino$([ "$torch" = 1 ] && echo ', embench-server:torch'), embench-client:latest"
+echo "[images] built: embench-server:onnx, embench-server:openvino$([ "$torch" = 1 ] && echo ', embench-server:torch, embench-server:infinity'), embench-client:latest"

@@ -41,15 +41,24 @@ def create_embedder(
     threads: int | None = None,
     workers: int = 1,
     spinning: bool = False,
+    inter_op_threads: int | None = None,
+    graph_optimization_level: str | None = None,
 ) -> Embedder:
     """The runtime's embedder for a prepared variant; `options` are the manifest's
-    runtime_options. The server and the parity gate both open variants here."""
+    runtime_options. The server and the parity gate both open variants here. `spinning`
+    and `graph_optimization_level` are ONNX Runtime's, `inter_op_threads` ONNX Runtime's and
+    PyTorch's (None: the runtime's default); the other runtimes have no such option."""
     options = options or {}
     if runtime == "onnx":
         from server.runtime.onnx_embedder import OnnxEmbedder
 
         return OnnxEmbedder(
-            model_dir, intra_op_threads=threads, thread_spinning=spinning, model_info=model_info
+            model_dir,
+            intra_op_threads=threads,
+            thread_spinning=spinning,
+            model_info=model_info,
+            inter_op_threads=inter_op_threads,
+            graph_optimization_level=graph_optimization_level or "all",
         )
     if runtime == "openvino":
         from server.runtime.openvino_embedder import OpenVinoEmbedder
@@ -69,6 +78,7 @@ def create_embedder(
         return TorchEmbedder(
             model_dir,
             intra_op_threads=threads,
+            inter_op_threads=inter_op_threads,
             model_info=model_info,
             dtype=options.get("dtype", "float32"),
         )

@@ -31,6 +31,7 @@ class TorchEmbedder:
         source_dir: Path,
         *,
         intra_op_threads: int | None = None,
+        inter_op_threads: int | None = None,
         model_info: ModelInfo | None = None,
         dtype: str = "float32",
     ) -> None:
@@ -44,6 +45,14 @@ class TorchEmbedder:
         self._torch = torch
         if intra_op_threads:
             torch.set_num_threads(intra_op_threads)
+        if inter_op_threads and torch.get_num_interop_threads() != inter_op_threads:
+            try:  # PyTorch allows it once per process, before any inter-op work
+                torch.set_num_interop_threads(inter_op_threads)
+            except RuntimeError as exc:
+                raise ValueError(
+                    f"inter_op_threads={inter_op_threads}: PyTorch's inter-op pool is already "
+                    f"{torch.get_num_interop_threads()} threads in this process ({exc})"
+                ) from None
         self.runtime_version = torch.__version__
         self.model_dir = Path(source_dir)
         self.model = SentenceTransformer(str(self.model_dir), device="cpu")
@@ -65,6 +74,7 @@ class TorchEmbedder:
         self.tokenizer = load_tokenizer(self.model_dir, self.max_seq_length)
         self.pad_id = pad_token_id(self.tokenizer)
         self.intra_op_threads = torch.get_num_threads()
+        self.inter_op_threads = torch.get_num_interop_threads()
 
     def tokenize(self, texts: list[str]) -> list[TokenizedText]:
         return tokenize(self.tokenizer, texts)

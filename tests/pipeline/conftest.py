@@ -39,6 +39,8 @@ def write_short_config(
         scenario.update(
             min_requests=20, min_duration_s=scenario_seconds, max_duration_s=scenario_seconds + 4
         )
+    # no tuning unless a test asks for it (tests/pipeline/test_autotune.py does)
+    bench["autotune"] = {**bench.get("autotune", {}), "enabled": False}
     if host is not None:
         bench["host"] = host
     (directory / "benchmark.yaml").write_text(yaml.safe_dump(bench, sort_keys=False))

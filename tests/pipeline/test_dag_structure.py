@@ -41,6 +41,7 @@ def test_task_graph(dag):
             for t in (
                 "prepare_model",
                 "ship_to_host",
+                "tune_server",
                 "start_server",
                 "run_benchmark",
                 "stop_server",
@@ -53,11 +54,17 @@ def test_task_graph(dag):
         f"{GROUP}.prepare_model",
         "provision_host",
     }
-    assert task(f"{GROUP}.start_server").upstream_task_ids == {
+    # tuned on the host once the model is there, before the benchmark's server starts
+    assert task(f"{GROUP}.tune_server").upstream_task_ids == {
         f"{GROUP}.prepare_model",
         f"{GROUP}.ship_to_host",
         "provision_host",
     }
+    assert task(f"{GROUP}.start_server").upstream_task_ids == {
+        f"{GROUP}.tune_server",
+        "provision_host",
+    }
+    assert f"{GROUP}.tune_server" in task(f"{GROUP}.run_benchmark").upstream_task_ids
     assert task(f"{GROUP}.store_results").upstream_task_ids >= {f"{GROUP}.run_benchmark"}
     # judged once after every group (repetitions pooled), whatever some groups did
     assert task("detect_regressions").upstream_task_ids == {"release_host"}
@@ -83,23 +90,29 @@ def test_the_benchmark_group_is_mapped_over_the_plan(dag):
 
 def test_host_pool_timeouts_and_retries(dag):
     on_host = {
-        f"{GROUP}.{t}" for t in ("ship_to_host", "start_server", "run_benchmark", "stop_server")
+        f"{GROUP}.{t}"
+        for t in ("ship_to_host", "tune_server", "start_server", "run_benchmark", "stop_server")
     }
     for task in dag.tasks:
         assert task.execution_timeout is not None, task.task_id
         assert task.execution_timeout <= timedelta(hours=1), task.task_id
         assert (task.pool == "embench_benchmark_host") == (task.task_id in on_host), task.task_id
-    for task_id in (f"{GROUP}.prepare_model", f"{GROUP}.start_server", "provision_host"):
+    for task_id in (
+        f"{GROUP}.prepare_model",
+        f"{GROUP}.tune_server",
+        f"{GROUP}.start_server",
+        "provision_host",
+    ):
         task = dag.get_task(task_id)
         assert task.retries >= 2 and task.retry_exponential_backoff, task_id
     assert dag.get_task(f"{GROUP}.run_benchmark").retries >= 1
     # Finish a benchmark before the next server starts on the same host.
     weight = {
         t: dag.get_task(f"{GROUP}.{t}").priority_weight
-        for t in ("ship_to_host", "start_server", "run_benchmark", "stop_server")
+        for t in ("ship_to_host", "tune_server", "start_server", "run_benchmark", "stop_server")
     }
     assert weight["stop_server"] > weight["run_benchmark"] > weight["start_server"]
-    assert weight["start_server"] > weight["ship_to_host"]
+    assert weight["start_server"] > weight["tune_server"] > weight["ship_to_host"]
 
 
 def test_params_validate_the_trigger_form(dag):
@@ -115,6 +128,7 @@ def test_params_validate_the_trigger_form(dag):
         "provisioner",
         "launcher",
         "fail_on_regression",
+        "autotune",
     }
     assert params["models"] == ["all-minilm-l6-v2", "all-mpnet-base-v2"]
     for name, bad in (("launcher", "nope"), ("repetitions", 0), ("models", ["nope"])):
@@ -124,3 +138,5 @@ def test_params_validate_the_trigger_form(dag):
     assert params.get_param("runtimes").resolve(["openvino"]) == ["openvino"]
     with pytest.raises(ParamValidationError):
         params.get_param("runtimes").resolve(["tensorrt"])
+    with pytest.raises(ParamValidationError):
+        params.get_param("autotune").resolve("yes")

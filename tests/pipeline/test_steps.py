@@ -42,6 +42,7 @@ def test_plan_defaults_to_each_models_own_runtimes_and_variants(app_config):
         ("openvino", "fp32"),
         ("openvino", "bf16"),
         ("openvino", "int8"),
+        ("infinity", "fp32"),
     ]
     # a variant no selected runtime builds selects nothing
     with pytest.raises(ConfigError, match=r"select no \(model, runtime, variant\)"):

@@ -308,6 +308,8 @@ async def test_info_reports_runtime_batching_and_memory(client):
     assert info["threads"] == 1
     assert info["batching"]["max_queue"] == 512
     assert info["batching"]["max_batch_tokens"] == 4096
+    # runtime-specific options at their defaults: null inter-op (the runtime's own)
+    assert info["inter_op_threads"] is None and info["graph_optimization_level"] == "all"
     assert info["process_rss_bytes"] > 10_000_000
     assert info["model_load_ms"] >= 0
 

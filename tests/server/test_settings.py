@@ -95,3 +95,36 @@ def test_python_m_server_fails_fast_with_a_clear_message(tmp_path):
     assert result.returncode == 2
     assert "no manifest.json" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_inter_op_threads_and_graph_optimization_level_default_to_todays_behaviour():
+    settings = ServerSettings.from_env({"EMBENCH_MODEL_DIR": "/m"})
+    assert settings.inter_op_threads is None  # ONNX Runtime: 1, sequential; PyTorch: its own
+    assert settings.graph_optimization_level == "all"
+    assert settings.ignored() == []
+    tuned = ServerSettings.from_env(
+        {
+            "EMBENCH_MODEL_DIR": "/m",
+            "EMBENCH_INTER_OP_THREADS": "2",
+            "EMBENCH_GRAPH_OPTIMIZATION_LEVEL": "basic",
+        }
+    )
+    assert tuned.applied("inter_op_threads") == 2
+    assert tuned.applied("graph_optimization_level") == "basic"
+    for env, message in (
+        ({"EMBENCH_INTER_OP_THREADS": "0"}, "EMBENCH_INTER_OP_THREADS='0'"),
+        ({"EMBENCH_GRAPH_OPTIMIZATION_LEVEL": "max"}, "EMBENCH_GRAPH_OPTIMIZATION_LEVEL='max'"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            ServerSettings.from_env({"EMBENCH_MODEL_DIR": "/m", **env})
+
+
+def test_runtime_specific_settings_are_ignored_by_the_other_runtimes():
+    settings = {"model_dir": "/m", "inter_op_threads": 2, "graph_optimization_level": "basic"}
+    torch = ServerSettings(**settings, runtime="torch")
+    assert torch.applied("inter_op_threads") == 2
+    assert torch.applied("graph_optimization_level") is None
+    assert torch.ignored() == ["graph_optimization_level"]
+    openvino = ServerSettings(**settings, runtime="openvino")
+    assert openvino.applied("inter_op_threads") is None
+    assert openvino.ignored() == ["inter_op_threads", "graph_optimization_level"]

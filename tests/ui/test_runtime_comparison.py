@@ -25,6 +25,7 @@ TARGETS = {
     ("torch", "fp32"): (100.0, 20.0),
     ("onnx", "int8"): (150.0, 12.0),
     ("openvino", "bf16"): (300.0, 8.0),
+    ("infinity", "fp32"): (120.0, 15.0),  # the peer server
 }
 
 
@@ -70,6 +71,14 @@ def test_each_target_is_put_against_pytorch_fp32_of_the_same_run(stored: str) ->
     assert "## Runtimes compared" in text
     assert f"### {MODEL} (each figure, then its ratio to torch/fp32 measured in this run)" in text
     assert "| openvino | bf16 | 300.0 (3.00x) |" in text
+    # each server against the peer server infinity-emb, same run
+    assert model.peer == "infinity/fp32"
+    assert entries[("openvino", "bf16")].versus_peer["qps_c1"] == pytest.approx(2.5, rel=1e-6)
+    assert entries[("infinity", "fp32")].versus_peer["qps_heavy"] == pytest.approx(1.0)
+    assert (
+        "Against the peer server infinity/fp32 in this run (QPS c1 / QPS c4): "
+        "torch/fp32 0.83x / 0.83x; onnx/int8 1.25x / 1.25x; openvino/bf16 2.50x / 2.50x"
+    ) in text
 
 
 def test_without_the_reference_there_are_figures_but_no_ratios(stored: str) -> None:
@@ -79,7 +88,7 @@ def test_without_the_reference_there_are_figures_but_no_ratios(stored: str) -> N
     (model,) = compare_runtimes(rows, runs)
     assert model.reference is None
     assert all(value is None for e in model.entries for value in e.relative.values())
-    assert {e.values["qps_c1"] for e in model.entries} == {150.0, 300.0}
+    assert {e.values["qps_c1"] for e in model.entries} == {120.0, 150.0, 300.0}
 
 
 def test_invalid_figures_are_not_compared(stored: str) -> None:
@@ -89,13 +98,15 @@ def test_invalid_figures_are_not_compared(stored: str) -> None:
     assert {(e.runtime, e.variant) for e in model.entries} == {
         ("torch", "fp32"),
         ("openvino", "bf16"),
+        ("infinity", "fp32"),
     }
 
 
 def test_api_and_page(stored: str) -> None:
     with TestClient(authenticated_app(stored)) as client:
         (model,) = client.get("/api/runtimes", params={"run": DAG_RUN}).json()
-        assert model["reference"] == "torch/fp32" and len(model["entries"]) == 3
+        assert model["reference"] == "torch/fp32" and len(model["entries"]) == 4
+        assert model["peer"] == "infinity/fp32"
         page = client.get("/runtimes")  # the latest multi-target run by default
         assert page.status_code == 200
         assert "Compare runtimes" in page.text and "scheduled__night-1" in page.text
@@ -103,6 +114,8 @@ def test_api_and_page(stored: str) -> None:
         assert '<td class="num better">300.0 <span class="muted">3.00x</span></td>' in chosen
         report = client.get("/report", params={"run": DAG_RUN}).text
         assert "<h2>Runtimes compared</h2>" in report and 'id="chart-runtimes"' in report
+        assert "Against the peer server infinity/fp32 in this run" in report
+        assert "openvino/bf16\nQPS c1 2.50x, QPS c4 2.50x" in report
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +139,12 @@ def test_page_draws_the_ratio_chart_in_a_browser(page_url: str, tmp_path: Path) 
         )
         # QPS c1 and QPS c4 (the factory's heaviest closed scenario), one bar per target
         assert [b[0] for b in bars] == [f"{MODEL} QPS c1", f"{MODEL} QPS c4"]
-        assert all(length == 3 for _, length, _ in bars)
-        assert sorted(round(y, 2) for y in bars[0][2]) == [1.0, 1.5, 3.0]
+        assert all(length == 4 for _, length, _ in bars)
+        assert sorted(round(y, 2) for y in bars[0][2]) == [1.0, 1.2, 1.5, 3.0]
+        # the peer's sentence under the table
+        peer = driver.find_element("id", "peer-1").text
+        assert peer.startswith("Against the peer server infinity/fp32 in this run")
+        assert "openvino/bf16 QPS c1 2.50x, QPS c4 2.50x" in peer
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         browser.full_page_screenshot(driver, ARTIFACTS / "compare-runtimes.png")
     finally:

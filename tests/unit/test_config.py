@@ -24,6 +24,7 @@ def test_shipped_config_loads(app_config):
         "onnx": ["fp32", "optimized", "int8"],
         "torch": ["fp32", "bf16"],
         "openvino": ["fp32", "bf16", "int8"],
+        "infinity": ["fp32"],
     }
     assert minilm.targets()[:4] == [
         ("onnx", "fp32"),
@@ -111,6 +112,19 @@ BAD_FILES = [
     ),
     (
         "benchmark.yaml",
+        '  layouts: ["2x1", "1x2"]',
+        '  layouts: ["2x1", "2 by 1"]',
+        ":{line}: autotune.layouts[1]: string should match pattern '^[1-9][0-9]*x[1-9][0-9]*$', "
+        "got '2 by 1'",
+    ),
+    (
+        "benchmark.yaml",
+        "  margin: 0.05 ",
+        "  margin: 5    ",
+        ":{line}: autotune.margin: input should be less than 1, got 5",
+    ),
+    (
+        "benchmark.yaml",
         "  memory: 4g",
         "  memory: lots",
         ":{line}: server.limits.memory: string should match pattern '^\\d+[bkmg]?$', got 'lots'",
@@ -121,7 +135,8 @@ BAD_FILES = [
         "  workerz: 2\n  spinning: false\n",
         ":{line}: server.workerz: unknown key 'workerz' (did you mean 'workers'?); "
         "expected one of: limits, threads, workers, spinning, max_batch_tokens, max_batch_texts, "
-        "max_batch_wait_ms, max_texts_per_request, max_queue, tokenizer_threads",
+        "max_batch_wait_ms, max_texts_per_request, max_queue, tokenizer_threads, "
+        "inter_op_threads, graph_optimization_level",
     ),
     (
         "benchmark.yaml",
@@ -186,17 +201,18 @@ BAD_FILES = [
         "models.yaml",
         "      openvino: [fp32, bf16, int8]",
         "      tensorrt: [fp32]",
-        ":{line}: models.all-minilm-l6-v2.runtimes.tensorrt: input should be 'onnx', 'torch' "
-        "or 'openvino', got 'tensorrt'",
+        ":{line}: models.all-minilm-l6-v2.runtimes.tensorrt: input should be 'onnx', 'torch', "
+        "'openvino' or 'infinity', got 'tensorrt'",
     ),
     (
         "models.yaml",
         "    runtimes:\n      onnx: [fp32, optimized, int8]\n      torch: [fp32, bf16]\n"
-        "      openvino: [fp32, bf16, int8]\n",
+        "      openvino: [fp32, bf16, int8]\n      infinity: [fp32]\n",
         "    variants: [fp32, int8]\n",
         ":{line@  all-minilm-l6-v2:}: models.all-minilm-l6-v2: `variants` became `runtimes`, one "
         "list of variants per runtime: write `runtimes: {onnx: [fp32, int8]}` (onnx builds "
-        "fp32, optimized, int8; torch builds fp32, bf16; openvino builds fp32, bf16, int8)",
+        "fp32, optimized, int8; torch builds fp32, bf16; openvino builds fp32, bf16, int8; "
+        "infinity builds fp32)",
     ),
     (
         "benchmark.yaml",
@@ -299,3 +315,11 @@ def test_the_config_vocabulary_matches_what_prepare_can_build():
     buildable = {runtime: tuple(v) for runtime, v in RUNTIME_VARIANT_SETTINGS.items()}
     assert buildable == RUNTIME_VARIANTS
     assert {v for variants in RUNTIME_VARIANTS.values() for v in variants} == set(PARITY_GATES)
+    # the filters (benchmark.yaml, the DAG's form, embench run) know every runtime, peers too
+    from typing import get_args
+
+    from embench.config.schema import ALL_RUNTIMES, PEER_RUNTIMES, TargetRuntime
+    from server.manifest import Runtime as ManifestRuntime
+
+    assert get_args(TargetRuntime) == ALL_RUNTIMES == get_args(ManifestRuntime)
+    assert set(PEER_RUNTIMES) <= set(ALL_RUNTIMES)

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from embench.config.schema import BenchmarkFile, ModelConfig, ModelsFile
+from embench.config.schema import BenchmarkFile, ExternalServer, ModelConfig, ModelsFile
 from embench.errors import ConfigError
 
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
@@ -46,6 +46,18 @@ class AppConfig:
                 f"unknown model id {model_id!r}; models.yaml defines: {known}"
             ) from None
 
+    def external(self, name: str) -> ExternalServer:
+        """benchmark.yaml's external server `name`."""
+        for server in self.benchmark.external:
+            if server.name == name:
+                return server
+        known = ", ".join(e.name for e in self.benchmark.external) or "none"
+        raise ConfigError(f"no external server {name!r} in benchmark.yaml (it lists: {known})")
+
+    def external_for(self, model_id: str) -> list[ExternalServer]:
+        """The external servers that serve `model_id`, in the file's order."""
+        return [e for e in self.benchmark.external if e.model == model_id]
+
 
 def default_config_dir() -> Path:
     env = os.environ.get("EMBENCH_CONFIG_DIR")
@@ -68,6 +80,13 @@ def load_config(config_dir: Path | None = None) -> AppConfig:
             raise ConfigError(
                 f"{benchmark_path}{where}: models[{index}]: unknown model id {model_id!r}; "
                 f"{models_path.name} defines: {known}"
+            )
+    for index, external in enumerate(benchmark.external):
+        if external.model not in models.models:
+            where = _locate(_compose(benchmark_path), ["external", index, "model"])
+            raise ConfigError(
+                f"{benchmark_path}{where}: external[{index}].model: unknown model id "
+                f"{external.model!r}; {models_path.name} defines: {', '.join(models.models)}"
             )
     return AppConfig(models=dict(models.models), benchmark=benchmark, config_dir=config_dir)
 

@@ -24,6 +24,7 @@ from pydantic import (
 
 from client.scenario import (
     Identifier,
+    LengthBucket,
     ParamsModel,
     ScenarioParams,
     StabilityParams,
@@ -32,15 +33,21 @@ from client.scenario import (
 from server.config import ConfigError as ServerConfigError
 from server.config import ServerSettings
 
-Runtime = Literal["onnx", "torch", "openvino"]
+# Our server on one of three runtimes, or a peer server: infinity-emb, started and stopped
+# like ours, or `external`, a server the user runs (benchmark.yaml's `external` list).
+Runtime = Literal["onnx", "torch", "openvino", "infinity"]
+TargetRuntime = Literal["onnx", "torch", "openvino", "infinity", "external"]  # filters
 Variant = Literal["fp32", "optimized", "int8", "bf16"]
 # The variants each runtime can build (embench.prepare.variants defines how).
 RUNTIME_VARIANTS: dict[str, tuple[str, ...]] = {
     "onnx": ("fp32", "optimized", "int8"),
     "torch": ("fp32", "bf16"),
     "openvino": ("fp32", "bf16", "int8"),
+    "infinity": ("fp32",),  # infinity-emb's ONNX Runtime engine on the ONNX fp32 export
 }
-ALL_RUNTIMES: tuple[str, ...] = tuple(RUNTIME_VARIANTS)
+EXTERNAL_RUNTIME = "external"  # its variants are the names of benchmark.yaml's `external` list
+PEER_RUNTIMES: tuple[str, ...] = ("infinity", EXTERNAL_RUNTIME)
+ALL_RUNTIMES: tuple[str, ...] = (*RUNTIME_VARIANTS, EXTERNAL_RUNTIME)
 ALL_VARIANTS: tuple[str, ...] = ("fp32", "optimized", "int8", "bf16")
 
 
@@ -214,7 +221,18 @@ SERVER_TUNABLES = (
     "max_texts_per_request",
     "max_queue",
     "tokenizer_threads",
+    "inter_op_threads",
+    "graph_optimization_level",
 )
+
+
+def server_environment(settings: dict[str, Any]) -> dict[str, str]:
+    """EMBENCH_* variables for the server process or container from settings by name."""
+    return {
+        ServerSettings.env_name(key): str(value).lower() if isinstance(value, bool) else str(value)
+        for key, value in settings.items()
+        if value is not None
+    }
 
 
 def _tunable(name: str) -> tuple[Any, Any]:
@@ -248,12 +266,7 @@ class _ServerConfigBase(StrictModel):
 
     def environment(self) -> dict[str, str]:
         """EMBENCH_* variables for the server process or container."""
-        return {
-            ServerSettings.env_name(key): str(value).lower()
-            if isinstance(value, bool)
-            else str(value)
-            for key, value in self.settings().items()
-        }
+        return server_environment(self.settings())
 
 
 ServerConfig = create_model(  # type: ignore[call-overload]
@@ -372,12 +385,27 @@ class HostConfig(StrictModel):
         return self
 
 
+class ExternalServer(StrictModel):
+    """A server the user runs, benchmarked as it is: any OpenAI-compatible `/v1/embeddings`
+    that answers GET /health (text-embeddings-inference, infinity, vLLM and ours do). Nothing
+    starts or stops it; its vectors must pass the parity gate of `precision` against the
+    PyTorch reference of `model` (through its API) before it is measured."""
+
+    name: Identifier  # the target's variant in results and reports
+    model: Identifier  # the models.yaml model it serves: the parity reference
+    url: Annotated[str, Field(pattern=r"^https?://[^/\s]+(/[^\s]*)?$")]  # before /v1/embeddings
+    # the request's "model" field, for servers that want one (None: left out)
+    request_model: str | None = None
+    precision: Variant = "fp32"  # which parity gate applies (embench.prepare.variants)
+
+
 class ImagesConfig(StrictModel):
     """Docker images of the docker launcher (built by server/build_image.sh, client/Dockerfile)."""
 
     server_onnx: str = "embench-server:onnx"
     server_torch: str = "embench-server:torch"
     server_openvino: str = "embench-server:openvino"
+    server_infinity: str = "embench-server:infinity"  # the infinity-emb peer
     client: str = "embench-client:latest"
 
     def server(self, runtime: str) -> str:
@@ -385,11 +413,52 @@ class ImagesConfig(StrictModel):
         return str(getattr(self, f"server_{runtime}"))
 
 
+Layout = Annotated[str, Field(pattern=r"^[1-9][0-9]*x[1-9][0-9]*$")]  # workers x threads
+GraphOptimizationLevel = Literal["disable", "basic", "extended", "all"]
+
+
+class AutotuneConfig(StrictModel):
+    """Tuning the server's settings per host (embench.tuning), before each target is measured.
+
+    The search starts from the `server:` settings above and moves along one axis at a time
+    (coordinate descent): each list holds the values tried on its axis; an empty list leaves
+    the axis alone. Axes a runtime has no use for are skipped (inter-op threads: ONNX Runtime
+    and PyTorch; spinning and the graph optimization level: ONNX Runtime). Each candidate is
+    one server start and one short closed-loop measurement (`measure_s` after `warmup_s`, at
+    `concurrency`). The best is then measured against the default interleaved, `rounds`
+    times each (default, best, default, best, ...), and replaces it only when it was faster
+    in every round and by more than `margin` on average. Results are cached per host, model
+    build, server build, settings and this search space."""
+
+    enabled: bool = False
+    layouts: list[Layout] = Field(default_factory=lambda: ["2x1", "1x2"])
+    inter_op_threads: list[Annotated[int, Field(ge=1, le=64)]] = Field(default_factory=list)
+    spinning: list[bool] = Field(default_factory=lambda: [False, True])
+    graph_optimization_level: list[GraphOptimizationLevel] = Field(default_factory=list)
+    max_batch_tokens: list[PositiveInt] = Field(default_factory=list)
+    measure_s: Annotated[float, Field(gt=0, le=120)] = 3.0
+    warmup_s: Annotated[float, Field(ge=0, le=60)] = 1.0
+    concurrency: Annotated[int, Field(ge=1, le=1024)] = 16
+    texts_per_request: Annotated[int, Field(ge=1, le=2048)] = 1
+    length_bucket: LengthBucket = "short"
+    rounds: Annotated[int, Field(ge=1, le=10)] = 2
+    margin: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    max_candidates: Annotated[int, Field(ge=1, le=100)] = 12
+
+    @field_validator(
+        "layouts", "inter_op_threads", "spinning", "graph_optimization_level", "max_batch_tokens"
+    )
+    @classmethod
+    def _no_repeats(cls, values: list[Any]) -> list[Any]:
+        _require_unique("value", [str(v) for v in values])
+        return values
+
+
 class BenchmarkFile(StrictModel):
     schedule: str = "0 2 * * *"
     models: Annotated[list[Identifier], Field(min_length=1)]
     # Filters over every model's runtimes and variants (None: all that models.yaml lists).
-    runtimes: Annotated[list[Runtime], Field(min_length=1)] | None = None
+    runtimes: Annotated[list[TargetRuntime], Field(min_length=1)] | None = None
     variants: Annotated[list[Variant], Field(min_length=1)] | None = None
     repetitions: PositiveInt = 1
     warmup: WarmupConfig = WarmupConfig()
@@ -399,7 +468,15 @@ class BenchmarkFile(StrictModel):
     host: HostConfig = HostConfig()
     images: ImagesConfig = ImagesConfig()
     regression: RegressionConfig = RegressionConfig()
+    autotune: AutotuneConfig = AutotuneConfig()
+    external: list[ExternalServer] = Field(default_factory=list)
     scenarios: Annotated[list[ScenarioConfig], Field(min_length=1)]
+
+    @field_validator("external")
+    @classmethod
+    def _unique_external_names(cls, external: list[ExternalServer]) -> list[ExternalServer]:
+        _require_unique("external server", [e.name for e in external])
+        return external
 
     @field_validator("scenarios")
     @classmethod

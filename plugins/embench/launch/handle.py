@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 from embench.errors import EmbenchError
 
-LauncherKind = Literal["docker", "process"]
+# external: a server the user runs (benchmark.yaml's `external`): nothing starts or stops it
+LauncherKind = Literal["docker", "process", "external"]
 
 
 @dataclass(frozen=True)

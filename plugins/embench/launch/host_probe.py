@@ -140,9 +140,13 @@ class HostCalibration:
         attach_host_probe(out, probe, self.notes)
 
     def _probe(self) -> ProbeScores:
+        if self.handle.launcher == "external":
+            raise EmbenchError("an external server's host is not ours to probe")
         return self.site.probe_host(self.handle)
 
     def _cpuset(self) -> str | None:
+        if self.handle.launcher == "external":
+            return None
         try:
             return self.site.server_cpuset(self.handle)
         except Exception as exc:  # only the probe's record lacks it: not worth a failed run

@@ -3,6 +3,7 @@ Docker (and of fast tests). Same methods as DockerSite; nothing to ship, nothing
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ from typing import Any
 
 from client.result import ProbeScores
 from embench.config import AppConfig
+from embench.config.schema import server_environment
 from embench.errors import EmbenchError
 from embench.launch.client import client_arguments, run_client_process
 from embench.launch.docker_server import RunIsLive
@@ -35,12 +37,24 @@ class ProcessSite:
         return {"images": {}, "model": "local", "seconds": 0.0}
 
     def start_server(
-        self, prepared: dict[str, Any], name: str, labels: dict[str, str], log_path: Path
+        self,
+        prepared: dict[str, Any],
+        name: str,
+        labels: dict[str, str],
+        log_path: Path,
+        *,
+        settings: dict[str, Any] | None = None,
     ) -> ServerHandle:
+        """`settings` (the server's, by name) replace benchmark.yaml's `server:` settings."""
+        if prepared["runtime"] == "infinity":
+            raise EmbenchError(
+                "the infinity-emb peer runs from its image (embench-server:infinity): "
+                "benchmark it with the docker launcher"
+            )
         server = self.config.benchmark.server
         return start_server_process(
             model_dir=prepared["model_dir"],
-            environment=server.environment(),
+            environment=server.environment() if settings is None else server_environment(settings),
             labels=labels,
             log_path=log_path,
             cpuset=server.limits.cpuset,
@@ -48,6 +62,27 @@ class ProcessSite:
 
     def server_failure(self, handle: ServerHandle) -> str | None:
         return process_failure(int(handle.pid or 0))
+
+    def host_fingerprint(self, name: str, labels: dict[str, str]) -> dict[str, Any]:
+        """This machine's environment fingerprint, from the load client as it runs here."""
+        done = subprocess.run(
+            [sys.executable, "-m", "client", "fingerprint"],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=120,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise EmbenchError(f"the client's fingerprint failed: {done.stderr[-2000:]}")
+        return dict(json.loads(done.stdout))
+
+    def server_build(self, prepared: dict[str, Any]) -> str:
+        """The runtime's libraries as installed here (what a server process runs with)."""
+        from server.runtime import library_versions
+
+        versions = library_versions(prepared["runtime"])
+        return "process:" + ",".join(f"{k}=={v}" for k, v in sorted(versions.items()))
 
     def server_cpus(self) -> set[int] | None:
         """The CPUs start_server pins the server to (the configured cpuset, as far as this

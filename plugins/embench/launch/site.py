@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import tarfile
@@ -31,6 +32,7 @@ from docker.errors import APIError, NotFound
 
 from client.result import ProbeScores
 from embench.config import AppConfig
+from embench.config.schema import EXTERNAL_RUNTIME, server_environment
 from embench.errors import EmbenchError
 from embench.hosts.base import Host
 from embench.hosts.ssh import DockerTunnel, SshEndpoint
@@ -63,8 +65,18 @@ class Site(Protocol):
     def ship(self, prepared: dict[str, Any]) -> dict[str, Any]: ...
 
     def start_server(
-        self, prepared: dict[str, Any], name: str, labels: dict[str, str], log_path: Path
+        self,
+        prepared: dict[str, Any],
+        name: str,
+        labels: dict[str, str],
+        log_path: Path,
+        *,
+        settings: dict[str, Any] | None = None,
     ) -> ServerHandle: ...
+
+    def host_fingerprint(self, name: str, labels: dict[str, str]) -> dict[str, Any]: ...
+
+    def server_build(self, prepared: dict[str, Any]) -> str: ...
 
     def server_failure(self, handle: ServerHandle) -> str | None: ...
 
@@ -152,9 +164,15 @@ class DockerSite:
         started = time.monotonic()
         images = self.config.benchmark.images
         report: dict[str, Any] = {"images": {}}
-        for image in (server_image(self.config, prepared), images.client):
+        # an external server runs elsewhere: only the client comes here
+        external = prepared["runtime"] == EXTERNAL_RUNTIME
+        servers = [] if external else [server_image(self.config, prepared)]
+        for image in [*servers, images.client]:
             report["images"][image] = self._ship_image(image) if self.remote else "local"
-        report["model"] = self._ship_model(prepared) if self.remote else "local"
+        if external:
+            report["model"] = "none (an external server)"
+        else:
+            report["model"] = self._ship_model(prepared) if self.remote else "local"
         report["seconds"] = round(time.monotonic() - started, 2)
         log.info("shipped to %s in %.1f s: %s", self.host.name, report["seconds"], report)
         return report
@@ -251,10 +269,18 @@ class DockerSite:
     # -- server ------------------------------------------------------------------------------
 
     def start_server(
-        self, prepared: dict[str, Any], name: str, labels: dict[str, str], log_path: Path
+        self,
+        prepared: dict[str, Any],
+        name: str,
+        labels: dict[str, str],
+        log_path: Path,
+        *,
+        settings: dict[str, Any] | None = None,
     ) -> ServerHandle:
-        """The server container; its log comes back to `log_path` when it stops."""
+        """The server container; its log comes back to `log_path` when it stops. `settings`
+        (the server's, by name) replace benchmark.yaml's `server:` settings (not its limits)."""
         server = self.config.benchmark.server
+        environment = server.environment() if settings is None else server_environment(settings)
         if self.remote:
             model_source, model_type = model_volume(prepared), "volume"
         else:
@@ -265,7 +291,7 @@ class DockerSite:
             name=name,
             model_source=model_source,
             model_mount_type=model_type,
-            environment=server.environment(),
+            environment=environment,
             labels=labels,
             cpuset=server.limits.cpuset,
             cpus=server.limits.cpus,
@@ -280,6 +306,34 @@ class DockerSite:
 
     def server_failure(self, handle: ServerHandle) -> str | None:
         return container_failure(self.cli, str(handle.container_id))
+
+    def host_fingerprint(self, name: str, labels: dict[str, str]) -> dict[str, Any]:
+        """The host's environment fingerprint (client.env.fingerprint: hardware_key and the
+        rest), as the load client's container sees it there: what its results will carry."""
+        remove_container(self.cli, name)
+        container = self.cli.create_container(
+            self.config.benchmark.images.client,
+            command=["fingerprint"],
+            name=name,
+            labels={**labels, MANAGED_LABEL: "true"},
+            host_config=self.cli.create_host_config(
+                network_mode="none", cpuset_cpus=self.config.benchmark.client.cpuset
+            ),
+        )["Id"]
+        try:
+            self.cli.start(container)
+            status = self.cli.wait(container, timeout=120)["StatusCode"]
+            out = self.cli.logs(container, stdout=True, stderr=False).decode(errors="replace")
+            if status != 0:
+                raise EmbenchError(f"the client's fingerprint exited with status {status}: {out}")
+        finally:
+            remove_container(self.cli, container)
+        return dict(json.loads(out))
+
+    def server_build(self, prepared: dict[str, Any]) -> str:
+        """The server image's ID on the host (a rebuilt image is another build)."""
+        image = server_image(self.config, prepared)
+        return f"{image}@{self.cli.inspect_image(image)['Id']}"
 
     def probe_host(self, handle: ServerHandle) -> ProbeScores:
         """The host probe inside the server's container: exactly the server's cpuset, CPU

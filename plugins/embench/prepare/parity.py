@@ -16,6 +16,9 @@ from server.runtime import create_embedder
 
 # Texts are embedded in batches of mixed lengths, as the server's dynamic batcher would.
 PARITY_BATCH_SIZE = 8
+# In every prepared entry: the reference vectors of the parity texts (float32, a row a text),
+# for the same gate through a server's API (embench.served_parity).
+REFERENCE_FILE = "parity_reference.npy"
 
 
 def parity_texts() -> list[str]:

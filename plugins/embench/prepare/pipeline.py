@@ -4,11 +4,16 @@ build it and publish it to the cache:
     onnx:     export -> optimize | quantize  -> parity gate -> manifest
     openvino: export -> convert [-> quantize] -> parity gate -> manifest
     torch:    copy the sentence-transformers directory -> parity gate -> manifest
+    infinity: the onnx fp32 export (served by the peer infinity-emb) -> parity gate -> manifest
+    external: the tokenizer files -> manifest (a server the user runs: nothing to build)
 
-Every parity gate runs the server's own runtime code on the staged files."""
+Every parity gate runs the server's own runtime code on the staged files. Every entry keeps
+the reference vectors of the parity texts (REFERENCE_FILE), so that a served target is checked
+again through its API before it is measured (embench.served_parity)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -21,12 +26,13 @@ from typing import Any
 import numpy as np
 
 from embench.config import AppConfig, ModelConfig
-from embench.config.schema import RUNTIME_VARIANTS
+from embench.config.schema import EXTERNAL_RUNTIME, RUNTIME_VARIANTS
 from embench.errors import EmbenchError, ParityError
 from embench.paths import cache_dir
 from embench.prepare import build
 from embench.prepare.cache import ArtifactCache, cache_key
 from embench.prepare.parity import (
+    REFERENCE_FILE,
     ParityResult,
     check_parity,
     parity_texts,
@@ -34,7 +40,12 @@ from embench.prepare.parity import (
     served_embeddings,
 )
 from embench.prepare.source import ResolvedSource, resolve_source
-from embench.prepare.variants import PARITY_GATES, RUNTIME_VARIANT_SETTINGS, VARIANT_SETTINGS
+from embench.prepare.variants import (
+    EXTERNAL_SETTINGS,
+    PARITY_GATES,
+    RUNTIME_VARIANT_SETTINGS,
+    VARIANT_SETTINGS,
+)
 from server.manifest import (
     MANIFEST_NAME,
     FileInfo,
@@ -51,7 +62,7 @@ log = logging.getLogger(__name__)
 WEIGHT_SUFFIXES = (".onnx", ".bin", ".safetensors")
 
 # Bump when the build code changes in a way that changes artifacts.
-PREPARE_CODE_VERSION = 2
+PREPARE_CODE_VERSION = 3
 KEYED_LIBRARIES = (
     "torch",
     "transformers",
@@ -157,6 +168,13 @@ def prepare_targets(
     model = config.model(model_id)
     targets = list(targets or model.targets())
     for runtime, variant in targets:
+        if runtime == EXTERNAL_RUNTIME:
+            if config.external(variant).model != model_id:
+                raise EmbenchError(
+                    f"the external server {variant!r} serves {config.external(variant).model}, "
+                    f"not {model_id}"
+                )
+            continue
         _check_runtime(runtime)
         if variant not in RUNTIME_VARIANTS[runtime]:
             raise EmbenchError(
@@ -182,8 +200,10 @@ def prepare_targets(
                     # a split archive's pinned hash (other kinds: the key they always had)
                     **({"source_archive": source.revision} if source.kind == "pypi_parts" else {}),
                     "runtime": runtime,
-                    "variant": variant,
-                    "settings": RUNTIME_VARIANT_SETTINGS[runtime][variant],
+                    # every external server of a model shares one entry
+                    "variant": None if runtime == EXTERNAL_RUNTIME else variant,
+                    "settings": build_settings(runtime, variant),
+                    "parity_texts": cache_key({"texts": context.texts}),
                     "model": _model_info(model).model_dump(),
                     "libraries": versions,
                 }
@@ -218,8 +238,15 @@ def _check_runtime(runtime: str) -> None:
 
 
 def artifact_name(runtime: str, variant: str) -> str:
-    """The cache's name for a variant: "onnx-int8", "torch-bf16", ..."""
-    return f"{runtime}-{variant}"
+    """The cache's name for a variant: "onnx-int8", "torch-bf16", ...; "external" for every
+    external server (their entries are the same)."""
+    return runtime if runtime == EXTERNAL_RUNTIME else f"{runtime}-{variant}"
+
+
+def build_settings(runtime: str, variant: str) -> dict[str, Any]:
+    if runtime == EXTERNAL_RUNTIME:
+        return EXTERNAL_SETTINGS
+    return RUNTIME_VARIANT_SETTINGS[runtime][variant]
 
 
 def _build_variant(
@@ -231,27 +258,32 @@ def _build_variant(
     versions: dict[str, str],
 ) -> Manifest:
     started = time.perf_counter()
-    settings = RUNTIME_VARIANT_SETTINGS[runtime][variant]
+    settings = build_settings(runtime, variant)
     name = artifact_name(runtime, variant)
     staged = context.workdir / name
     staged.mkdir()
     log.info("building %s/%s", context.model_id, name)
     extra = BUILDERS[runtime](context, settings, staged)
+    np.save(staged / REFERENCE_FILE, context.reference().astype(np.float32))
 
-    options = dict(settings.get("runtime_options", {}))
-    served = served_embeddings(runtime, staged, context.texts, _model_info(context.model), options)
-    parity = check_parity(served, context.reference(), PARITY_GATES[variant])
-    if not parity.passed:
-        raise ParityError(
-            f"{context.model_id}/{name} failed its parity gate against the PyTorch "
-            f"reference: {parity.describe()}; the variant was not cached"
-        )
+    parity = None
+    if runtime != EXTERNAL_RUNTIME:  # an external server is checked through its API only
+        options = dict(settings.get("runtime_options", {}))
+        gate_runtime = settings.get("gate_runtime", runtime)
+        model_info = _model_info(context.model)
+        served = served_embeddings(gate_runtime, staged, context.texts, model_info, options)
+        parity = check_parity(served, context.reference(), PARITY_GATES[variant])
+        if not parity.passed:
+            raise ParityError(
+                f"{context.model_id}/{name} failed its parity gate against the PyTorch "
+                f"reference: {parity.describe()}; the variant was not cached"
+            )
     manifest = _manifest(
         context, runtime, variant, key, settings | extra, versions, staged, parity, started
     )
     (staged / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
     cache.publish(staged, context.model_id, name, key)
-    log.info("%s/%s: %s", context.model_id, name, parity.describe())
+    log.info("%s/%s: %s", context.model_id, name, parity.describe() if parity else "built")
     return manifest
 
 
@@ -295,7 +327,35 @@ def _build_torch(
     return {}
 
 
-BUILDERS = {"onnx": _build_onnx, "openvino": _build_openvino, "torch": _build_torch}
+def _build_infinity(
+    context: _BuildContext, settings: dict[str, Any], staged: Path
+) -> dict[str, object]:
+    """The onnx fp32 entry, with config.json's max_position_embeddings set to the model's
+    max_seq_length: infinity's ONNX engine truncates texts at that length, where the model
+    (sentence-transformers) stops at max_seq_length. Without it, a 300-token text gives
+    another vector (MiniLM: min cosine 0.954 through its API) and costs twice the work."""
+    extra = _build_onnx(context, settings, staged)
+    config_path = staged / "config.json"
+    model_config = json.loads(config_path.read_text(encoding="utf-8"))
+    model_config["max_position_embeddings"] = context.model.max_seq_length
+    config_path.write_text(json.dumps(model_config, indent=2), encoding="utf-8")
+    return extra
+
+
+def _build_external(
+    context: _BuildContext, settings: dict[str, Any], staged: Path
+) -> dict[str, object]:
+    build.copy_tokenizer_files(context.source.directory, staged)
+    return {}
+
+
+BUILDERS = {
+    "onnx": _build_onnx,
+    "openvino": _build_openvino,
+    "torch": _build_torch,
+    "infinity": _build_infinity,
+    EXTERNAL_RUNTIME: _build_external,
+}
 
 
 def _model_info(model: ModelConfig) -> ModelInfo:
@@ -315,7 +375,7 @@ def _manifest(
     settings: dict[str, object],
     versions: dict[str, str],
     staged: Path,
-    parity: ParityResult,
+    parity: ParityResult | None,
     started: float,
 ) -> Manifest:
     files = {
@@ -347,7 +407,9 @@ def _manifest(
         ),
         build_seconds=round(time.perf_counter() - started, 3),
         built_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        parity=ParityInfo(
+        parity=None
+        if parity is None
+        else ParityInfo(
             reference=(
                 f"sentence-transformers {versions['sentence-transformers']} "
                 f"(torch {versions['torch']})"

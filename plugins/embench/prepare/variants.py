@@ -94,7 +94,26 @@ RUNTIME_VARIANT_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
             "runtime_options": {"inference_precision": "bf16"},
         },
     },
+    # The peer infinity-emb serves the ONNX fp32 export with its own ONNX Runtime engine. The
+    # gate here checks the file with our ONNX Runtime code; the served vectors are checked
+    # again through its API before it is measured (steps.run_benchmark).
+    "infinity": {
+        "fp32": {
+            **VARIANT_SETTINGS["fp32"],
+            "serve": {
+                "server": "infinity-emb",
+                "engine": "optimum",
+                "pooling": "mean",
+                "truncate_at": "max_seq_length",  # config.json's max_position_embeddings
+            },
+            "gate_runtime": "onnx",
+        }
+    },
 }
+
+# An external server's entry: its model's tokenizer (for the client's text lengths) and the
+# reference vectors, for the parity check through its API (there is nothing to build).
+EXTERNAL_SETTINGS: dict[str, Any] = {"copy": "tokenizer files", "runtime": "external"}
 
 
 @dataclass(frozen=True)
