@@ -39,7 +39,7 @@ KEPT = {
 
 
 @pytest.fixture(scope="module")
-def report_data(tmp_path_factory: pytest.TempPathFactory):
+def stored_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     url = f"sqlite:///{tmp_path_factory.mktemp('tuning') / 'results.db'}"
     engine = make_engine(url)
     upgrade_to_head(engine)
@@ -56,6 +56,13 @@ def report_data(tmp_path_factory: pytest.TempPathFactory):
             engine,
             run_result(runtime=runtime, variant=variant, labels=labels, repetition=index),
         )
+    engine.dispose()
+    return url
+
+
+@pytest.fixture(scope="module")
+def report_data(stored_url: str):
+    engine = make_engine(stored_url)
     with session_scope(engine) as session:
         keys, title = resolve_ingest_keys(session, "scheduled__night-0")
         data = collect(session, keys, title)
@@ -99,3 +106,15 @@ def test_settings_text() -> None:
     assert settings_text({"graph_optimization_level": "basic", "spinning": False}) == (
         "graph_optimization_level basic, no spinning"
     )
+
+
+def test_the_compare_runtimes_page_shows_the_tuning_too(stored_url: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from tests.ui.conftest import authenticated_app
+
+    with TestClient(authenticated_app(stored_url)) as client:
+        page = client.get("/runtimes", params={"run": "scheduled__night-0"}).text
+    assert "<h2>Tuned per host</h2>" in page
+    assert '<table class="comparison tuning" id="tuning">' in page
+    assert "1 worker x 2 threads, spinning" in page

@@ -338,16 +338,19 @@ def _routes(app: FastAPI) -> None:
         recent = multi_target_pipeline_runs(session)
         run = run or (recent[0]["dag_run_id"] if recent else None)
         comparison: list[dict[str, Any]] = []
+        tuning: list[dict[str, Any]] = []
         if run:
             keys, _ = resolve_ingest_keys(session, run)
             data = collect(session, keys, run)
             comparison = [c.to_dict() for c in data.comparison if len(c.entries) > 1]
+            tuning = data.tuning
         return _page(
             request,
             "runtimes.html",
             recent=recent,
             chosen=run or "",
             comparison=comparison,
+            tuning=tuning,
             value_text=value_text,
             ratio_text=ratio_text,
         )
