@@ -40,11 +40,12 @@ images:
 	scripts/docker/build_images.sh
 
 # What `make run` measures by default: MiniLM on each runtime in fp32 (PyTorch, the reference;
-# ONNX Runtime; OpenVINO) and the two int8 builds, at concurrency 1 and 16: the runtime
-# comparison in about 4 minutes. The nightly matrix (both models, every variant, the peak under
+# ONNX Runtime; OpenVINO), the two int8 builds and the peer server infinity-emb (on the same
+# ONNX fp32 file as ours), at concurrency 1 and 16: the runtime comparison and ours against a
+# peer, in about 4 minutes 20 s warm (4:19 measured). The nightly matrix (both models, every variant, the peak under
 # the SLO) is `embench run` without options; `make run RUN_ARGS=` runs it. No autotune here:
 # tuning a target costs about 1.5-2 minutes on 2 cores the first time a host sees it (8 short
-# server runs for ONNX Runtime, then the interleaved confirmation; 94 s measured), which 5
+# server runs for ONNX Runtime, then the interleaved confirmation; 94 s measured), which 6
 # targets cannot afford in 5 minutes; the nightly tunes (benchmark.yaml's autotune) and
 # caches per host, so an unchanged night costs a fingerprint (about 1 s) per target.
 RUN_ARGS ?= --models all-minilm-l6-v2 --variants fp32,int8 --scenarios closed-c1,closed-c16 \
