@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -426,6 +427,19 @@ class RunResult(Document):
 def stable_hash(doc: Any) -> str:
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+INSTANCE_TYPE_LABEL = "instance_type"  # the cloud's instance type, when the caller knows it
+
+
+def history_hardware_key(hardware_key: str, labels: Mapping[str, str]) -> str:
+    """The hardware part of the history key: the fingerprint's, and the instance type when a
+    label names it (two types can share a CPU model, core count and memory, yet differ in
+    what the cloud gives them). Without the label the key is the fingerprint's, as before."""
+    instance_type = labels.get(INSTANCE_TYPE_LABEL)
+    if not instance_type:
+        return hardware_key
+    return stable_hash({"hardware": hardware_key, "instance_type": instance_type})
 
 
 def comparability_key(

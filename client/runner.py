@@ -30,6 +30,7 @@ from client.result import (
     RunResult,
     ScenarioResult,
     comparability_key,
+    history_hardware_key,
     stable_hash,
     write_atomic,
 )
@@ -245,7 +246,7 @@ async def _run(req: RunRequest, interrupt: asyncio.Event, reporter: Reporter) ->
             corpus_sha256=corpus.sha256,
             token_counter=counter.name,
             metadata=metadata,
-            hardware_key=env.hardware_key,
+            hardware_key=history_hardware_key(env.hardware_key, metadata.labels),
             sampler=sampler,
             interrupt=interrupt,
             reporter=reporter,

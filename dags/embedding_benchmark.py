@@ -26,12 +26,15 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, setup, task, task_group, teardown
+from airflow.sdk.exceptions import AirflowSkipException
 
-from embench import live_runs, steps
+from embench import host_slots, live_runs, steps
 from embench.config import ALL_RUNTIMES, ALL_VARIANTS, load_config
 
 CONFIG = load_config()
 DEFAULTS = steps.default_params(CONFIG)
+# benchmark.yaml's host.parallel (x host.ec2.instance_types) hosts, each with its own pool.
+SLOTS = host_slots.host_slots(CONFIG.benchmark.host)
 # Retries where a retry can help (a busy database, a slow host, a server that crashed).
 RETRY: dict[str, Any] = {
     "retries": 2,
@@ -41,9 +44,8 @@ RETRY: dict[str, Any] = {
 }
 # A teardown must not give up easily: what it leaves behind costs money or skews results.
 TEARDOWN_RETRY: dict[str, Any] = {**RETRY, "retries": 4}
-# Higher runs first when several tasks may take the host: finish one benchmark before the
+# On a host (its slot's pool of one), higher runs first: finish one benchmark before the
 # next server starts, so that no server warms up while another is measured.
-ON_HOST = {"pool": steps.HOST_POOL, "weight_rule": "absolute"}
 
 
 def ctx() -> steps.RunContext:
@@ -54,6 +56,13 @@ def run_is_live() -> steps.RunIsLive:
     return live_runs.from_task_instance(get_current_context()["ti"])
 
 
+def record_failure(context: Any) -> None:
+    """A task failed for good: keep which and why for the run's report."""
+    steps.record_task_failure(
+        steps.RunContext.from_airflow(context), context["ti"].task_id, context.get("exception")
+    )
+
+
 @dag(
     dag_id="embedding_benchmark",
     schedule=CONFIG.benchmark.schedule,
@@ -62,7 +71,11 @@ def run_is_live() -> steps.RunIsLive:
     max_active_runs=1,
     tags=["benchmark", "embeddings", "onnxruntime", "openvino", "pytorch"],
     doc_md=__doc__,
-    default_args={"execution_timeout": timedelta(minutes=30), "retries": 0},
+    default_args={
+        "execution_timeout": timedelta(minutes=30),
+        "retries": 0,
+        "on_failure_callback": record_failure,
+    },
     params={
         "models": Param(
             DEFAULTS["models"],
@@ -124,88 +137,123 @@ def embedding_benchmark() -> None:
     def plan(params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         return steps.plan_targets(params or {}, CONFIG)
 
+    @task(execution_timeout=timedelta(minutes=1))
+    def targets_of_slot(targets: list[dict[str, Any]], slot: int) -> list[dict[str, Any]]:
+        return host_slots.targets_of(targets, slot)
+
     @setup
     @task(execution_timeout=timedelta(minutes=20), **RETRY)
-    def provision_host(params: dict[str, Any] | None = None) -> dict[str, Any]:
-        return steps.provision_host(params or {}, ctx(), CONFIG, run_is_live())
+    def provision_host(slot: int, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        provisioned = steps.provision_host(params or {}, slot, ctx(), CONFIG, run_is_live())
+        if provisioned is None:
+            raise AirflowSkipException(f"host slot {slot} has no target in this run")
+        return provisioned
 
     @teardown
     @task(execution_timeout=timedelta(minutes=20), **TEARDOWN_RETRY)
     def release_host(provisioned: dict[str, Any] | None) -> None:
         steps.release_host(provisioned, ctx(), CONFIG)
 
-    host = provision_host()
+    def slot_lane(slot: host_slots.HostSlot, targets: Any) -> tuple[Any, Any]:
+        """The host of one slot and the benchmark groups it runs, one at a time (its pool)."""
+        on_host = {"pool": slot.pool, "weight_rule": "absolute"}
+        host = provision_host.override(task_id=f"provision_host{slot.suffix}")(slot.index)
 
-    @task_group
-    def benchmark(target: dict[str, Any]) -> Any:
-        @task(execution_timeout=timedelta(minutes=30), **RETRY)
-        def prepare_model(target: dict[str, Any]) -> dict[str, Any]:
-            return steps.prepare_target(target, CONFIG)
+        @task_group(group_id=f"benchmark{slot.suffix}")
+        def benchmark(target: dict[str, Any]) -> Any:
+            @task(execution_timeout=timedelta(minutes=30), **RETRY)
+            def prepare_model(target: dict[str, Any]) -> dict[str, Any]:
+                return steps.prepare_target(target, CONFIG)
 
-        @task(execution_timeout=timedelta(minutes=30), priority_weight=5, **RETRY, **ON_HOST)
-        def ship_to_host(prepared: dict[str, Any], provisioned: dict[str, Any]) -> dict[str, Any]:
-            return steps.ship_to_host(prepared, provisioned, CONFIG)
+            @task(execution_timeout=timedelta(minutes=30), priority_weight=5, **RETRY, **on_host)
+            def ship_to_host(
+                prepared: dict[str, Any], provisioned: dict[str, Any]
+            ) -> dict[str, Any]:
+                return steps.ship_to_host(prepared, provisioned, CONFIG)
 
-        @task(execution_timeout=timedelta(minutes=30), priority_weight=8, **RETRY, **ON_HOST)
-        def tune_server(
-            prepared: dict[str, Any],
-            provisioned: dict[str, Any],
-            params: dict[str, Any] | None = None,
-        ) -> dict[str, Any]:
-            return steps.tune_server(prepared, provisioned, params or {}, ctx(), CONFIG)
+            @task(execution_timeout=timedelta(minutes=30), priority_weight=8, **RETRY, **on_host)
+            def tune_server(
+                prepared: dict[str, Any],
+                provisioned: dict[str, Any],
+                params: dict[str, Any] | None = None,
+            ) -> dict[str, Any]:
+                return steps.tune_server(prepared, provisioned, params or {}, ctx(), CONFIG)
 
-        @setup
-        @task(execution_timeout=timedelta(minutes=10), priority_weight=10, **RETRY, **ON_HOST)
-        def start_server(prepared: dict[str, Any], provisioned: dict[str, Any]) -> dict[str, Any]:
-            return steps.start_server(prepared, provisioned, ctx(), CONFIG)
+            @setup
+            @task(execution_timeout=timedelta(minutes=10), priority_weight=10, **RETRY, **on_host)
+            def start_server(
+                prepared: dict[str, Any], provisioned: dict[str, Any]
+            ) -> dict[str, Any]:
+                return steps.start_server(prepared, provisioned, ctx(), CONFIG)
 
-        @task(
-            execution_timeout=timedelta(minutes=60),
-            priority_weight=20,
-            retries=1,
-            retry_delay=timedelta(seconds=5),
-            **ON_HOST,
-        )
-        def run_benchmark(
-            prepared: dict[str, Any], provisioned: dict[str, Any], server: dict[str, Any]
-        ) -> str:
-            return steps.run_benchmark(prepared, provisioned, server, ctx(), CONFIG)
+            @task(
+                execution_timeout=timedelta(minutes=60),
+                priority_weight=20,
+                retries=1,
+                retry_delay=timedelta(seconds=5),
+                **on_host,
+            )
+            def run_benchmark(
+                prepared: dict[str, Any], provisioned: dict[str, Any], server: dict[str, Any]
+            ) -> str:
+                return steps.run_benchmark(prepared, provisioned, server, ctx(), CONFIG)
 
-        @teardown
-        @task(
-            execution_timeout=timedelta(minutes=5), priority_weight=30, **TEARDOWN_RETRY, **ON_HOST
-        )
-        def stop_server(server: dict[str, Any] | None, provisioned: dict[str, Any] | None) -> None:
-            steps.stop_server(server, provisioned, ctx(), CONFIG)
+            @teardown
+            @task(
+                execution_timeout=timedelta(minutes=5),
+                priority_weight=30,
+                **TEARDOWN_RETRY,
+                **on_host,
+            )
+            def stop_server(
+                server: dict[str, Any] | None, provisioned: dict[str, Any] | None
+            ) -> None:
+                steps.stop_server(server, provisioned, ctx(), CONFIG)
 
-        @task(execution_timeout=timedelta(minutes=5), **RETRY)
-        def store_results(result_path: str) -> dict[str, Any]:
-            return steps.store_result(result_path, CONFIG)
+            @task(execution_timeout=timedelta(minutes=5), **RETRY)
+            def store_results(result_path: str) -> dict[str, Any]:
+                return steps.store_result(result_path, CONFIG)
 
-        prepared = prepare_model(target)
-        shipped = ship_to_host(prepared, host)
-        tuned = tune_server(prepared, host)
-        shipped >> tuned
-        server = start_server(tuned, host)
-        result = run_benchmark(tuned, host, server)
-        stopped = stop_server(server, host)
-        result >> stopped
-        stored = store_results(result)
-        stopped >> stored
-        return stored
+            prepared = prepare_model(target)
+            shipped = ship_to_host(prepared, host)
+            tuned = tune_server(prepared, host)
+            shipped >> tuned
+            server = start_server(tuned, host)
+            result = run_benchmark(tuned, host, server)
+            stopped = stop_server(server, host)
+            result >> stopped
+            stored = store_results(result)
+            stopped >> stored
+            return stored
+
+        groups = benchmark.expand(target=targets)
+        host >> groups
+        return groups, release_host.override(task_id=f"release_host{slot.suffix}")(host)
 
     # Once for the whole run: repetitions of a target are one night, judged together; what
-    # was stored is judged even when some groups failed.
+    # was stored is judged even when some groups (or a whole host) failed.
     @task(trigger_rule="all_done", execution_timeout=timedelta(minutes=5), **RETRY)
     def detect_regressions(params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         return steps.detect_regressions(ctx(), params or {}, CONFIG)
 
     @task(trigger_rule="all_done", execution_timeout=timedelta(minutes=5))
-    def report() -> str:
-        return steps.report(ctx())
+    def report(params: dict[str, Any] | None = None) -> str:
+        return steps.report(ctx(), params or {}, CONFIG)
 
-    groups = benchmark.expand(target=plan())
-    host >> groups >> release_host(host) >> detect_regressions() >> report()
+    planned = plan()
+    judged = detect_regressions()
+    for slot in SLOTS:
+        # one slot: the plan is its list; several: each takes its share of the plan
+        targets = (
+            planned
+            if len(SLOTS) == 1
+            else targets_of_slot.override(task_id=f"targets_of_slot{slot.suffix or '_0'}")(
+                planned, slot.index
+            )
+        )
+        groups, released = slot_lane(slot, targets)
+        groups >> released >> judged
+    judged >> report()
 
 
 embedding_benchmark()

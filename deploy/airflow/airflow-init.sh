@@ -26,8 +26,9 @@ path = "/opt/airflow/auth/simple_auth_manager_passwords.json"
 with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
     json.dump({os.environ["AIRFLOW_ADMIN_USER"]: os.environ["AIRFLOW_ADMIN_PASSWORD"]}, f)
 PY
-echo "[init] pool embench_benchmark_host (1 slot: one benchmark per host)"
-airflow pools set embench_benchmark_host 1 "one benchmark per host"
+echo "[init] the host slots' pools (1 slot each: one benchmark per host; embench host-pools)"
+embench host-pools > /tmp/embench-pools.json
+airflow pools import /tmp/embench-pools.json
 echo "[init] results database migrations"
 python -c "from embench.store.db import make_engine, upgrade_to_head; upgrade_to_head(make_engine())"
 echo "[init] containers of runs no longer alive (deployment ${EMBENCH_DEPLOYMENT:-?})"

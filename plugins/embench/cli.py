@@ -90,6 +90,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print JSON instead of text")
     check.set_defaults(handler=_cmd_check_config)
 
+    pools = commands.add_parser(
+        "host-pools",
+        help="the Airflow pools the DAG's host slots need, as `airflow pools import` JSON",
+    )
+    pools.set_defaults(handler=_cmd_host_pools)
+
     from embench.store.commands import add_store_commands  # ingest, history, compare, ...
 
     add_store_commands(commands)
@@ -224,6 +230,13 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         stdout.print(
             f"{row['runtime']}/{row['variant']}: {row['path']}", highlight=False, soft_wrap=True
         )
+    return 0
+
+
+def _cmd_host_pools(args: argparse.Namespace) -> int:
+    from embench.host_slots import pool_definitions
+
+    print(json.dumps(pool_definitions(load_config(args.config_dir).benchmark.host), indent=2))
     return 0
 
 

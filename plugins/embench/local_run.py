@@ -6,6 +6,7 @@ the report's path."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -48,20 +49,25 @@ def prepare_airflow(env: dict[str, str]) -> None:
     A freshly migrated database with the pool is the same file every time for one Airflow
     version, so the first run keeps a copy in the cache dir and later runs start from it
     (two Airflow commands, about 15 s, saved per run)."""
-    from embench.steps import HOST_POOL
+    from embench.config import load_config
+    from embench.host_slots import pool_definitions
 
     database = Path(env["AIRFLOW_HOME"]) / "airflow.db"
     for leftover in ("", "-wal", "-shm", "-journal"):  # SQLite's sidecars replay into a copy
         database.with_name(database.name + leftover).unlink(missing_ok=True)
-    template = _template_path()
+    config_dir = env.get("EMBENCH_CONFIG_DIR")
+    pools = pool_definitions(load_config(Path(config_dir) if config_dir else None).benchmark.host)
+    template = _template_path(sorted(pools))
     if template.is_file():
         shutil.copyfile(template, database)
         return
+    pools_file = Path(env["AIRFLOW_HOME"]) / "pools.json"
+    pools_file.write_text(json.dumps(pools), encoding="utf-8")
     airflow = [sys.executable, "-m", "airflow"]
     full_env = {**os.environ, **env}
     for command in (
         [*airflow, "db", "migrate"],
-        [*airflow, "pools", "set", HOST_POOL, "1", "one benchmark per host"],
+        [*airflow, "pools", "import", str(pools_file)],
     ):
         done = subprocess.run(command, env=full_env, capture_output=True, text=True, check=False)
         if done.returncode != 0:
@@ -73,14 +79,14 @@ def prepare_airflow(env: dict[str, str]) -> None:
     staged.replace(template)  # atomic: a concurrent run sees the whole file or none
 
 
-def _template_path() -> Path:
-    """Where the migrated database of this Airflow version (and this pool) is kept."""
+def _template_path(pools: list[str]) -> Path:
+    """Where the migrated database of this Airflow version (and these pools) is kept."""
     from importlib.metadata import version
 
     from embench.paths import cache_dir
-    from embench.steps import HOST_POOL
 
-    return cache_dir() / "airflow" / f"metadata-{version('apache-airflow')}-{HOST_POOL}.db"
+    name = pools[0] if len(pools) == 1 else f"{pools[0]}-x{len(pools)}"
+    return cache_dir() / "airflow" / f"metadata-{version('apache-airflow')}-{name}.db"
 
 
 def conf_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -194,7 +200,7 @@ def print_summary(run_id: str, state: str, seconds: float) -> None:
             console.print(runtime_table(comparison))
             if sentence := peer_sentence(comparison):
                 console.print(sentence, highlight=False)
-    report = RunContext(DAG_ID, run_id).work_dir().parent
+    report = RunContext(DAG_ID, run_id).run_dir()
     inside = scenario_seconds(report)
     console.print(
         f"wall time {seconds:.0f} s, of which benchmark scenarios (warm-up included) "

@@ -16,6 +16,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from embench.cost import PRICE_LABEL, CostRanking, rank_by_cost, run_costs, usd_text
+from embench.cost import markdown_section as cost_section
+from embench.run_outcome import markdown_section as not_measured_section
 from embench.runtime_comparison import (
     ModelComparison,
     compare_runtimes,
@@ -25,6 +28,7 @@ from embench.runtime_comparison import (
 )
 from embench.served_parity import parity_from_labels
 from embench.store.detect import INTERVALS, resolve_run, stored_verdicts
+from embench.store.ingest import utc
 from embench.store.models import Environment, ModelArtifact, Run, ScenarioRow
 from embench.store.queries import COMPARISON_METRICS, dag_run_ingest_keys, runs_comparison
 from embench.tuning_report import markdown_section as tuning_section
@@ -96,6 +100,8 @@ def markdown(
     """The Markdown summary; with `data` (from `collect`) also cold starts, the environment
     fingerprint and validity warnings."""
     lines = [f"# {_md(title)}", ""]
+    if data is not None:
+        lines += not_measured_section(data.not_measured, _md)
     if not rows:
         return "\n".join([*lines, "No results were stored for this run.", ""])
     for model in sorted({str(r["model"]) for r in rows}):
@@ -112,6 +118,7 @@ def markdown(
         lines += _markdown_peaks(peaks)
     if data is not None:
         lines += markdown_section(data.comparison, _md)
+        lines += cost_section(data.cost, data.runs, _md)
         lines += tuning_section(data.tuning, _md)
     if data is not None:
         lines += _markdown_details(data)
@@ -146,11 +153,12 @@ OWN_INTERVALS: dict[str, tuple[str, str]] = {
     metric: (low, high) for metric, (low, high, of) in INTERVALS.items() if of == metric
 }
 # The figures of the report's rows: runs_comparison's metrics, p99.9, their intervals, the
-# SLO figures and the peak a search found.
+# SLO figures, the peak a search found and texts/s (what a million embeddings cost at).
 REPORT_METRICS: tuple[str, ...] = tuple(
     dict.fromkeys(
         (
             *COMPARISON_METRICS,
+            "texts_per_s",
             "p999_ms",
             *(column for bounds in OWN_INTERVALS.values() for column in bounds),
             "slo_p99_ms",
@@ -194,7 +202,10 @@ class ReportData:
     warnings: list[dict[str, Any]] = field(default_factory=list)
     series: list[dict[str, Any]] = field(default_factory=list)
     comparison: list[ModelComparison] = field(default_factory=list)
+    cost: list[CostRanking] = field(default_factory=list)  # by $ per million embeddings
     tuning: list[dict[str, Any]] = field(default_factory=list)  # embench.tuning_report rows
+    # planned targets with no stored result, and why (embench.run_outcome)
+    not_measured: list[dict[str, Any]] = field(default_factory=list)
     generated_at: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -246,6 +257,7 @@ def collect(session: Session, ingest_keys: Sequence[str], title: str) -> ReportD
             "parity": parity if isinstance(parity, dict) else None,
             "environment_id": env.id,
             "server_config": run.server_config,
+            **run_costs(run.labels, _wall_s(run)),
         }
         runs.append(info)
         by_key[run.ingest_key] = info
@@ -355,9 +367,17 @@ def collect(session: Session, ingest_keys: Sequence[str], title: str) -> ReportD
         warnings=warnings,
         series=_series(rows),
         comparison=compare_runtimes(rows, runs),
+        cost=rank_by_cost(rows),
         tuning=tuning_rows(runs),
         generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
+
+
+def _wall_s(run: Run) -> float | None:
+    """The client's wall time of a stored run (its document's start to finish)."""
+    if run.started_at is None or run.finished_at is None:
+        return None
+    return (utc(run.finished_at) - utc(run.started_at)).total_seconds()
 
 
 def _unreported(name: str, needs: list[str]) -> dict[str, Any]:
@@ -475,6 +495,9 @@ def html(data: ReportData, plotly_src: str | None = None) -> str:
         data=data,
         columns=COLUMNS,
         peak_columns=PEAK_COLUMNS,
+        cost=data.cost,
+        cost_runs=[r for r in data.runs if r.get(PRICE_LABEL) is not None],
+        usd_text=usd_text,
         cell=cell,
         figure=figure,
         parity_text=_parity_text,

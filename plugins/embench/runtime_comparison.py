@@ -36,6 +36,9 @@ def measures(heavy_concurrency: int | None) -> list[Measure]:
         Measure("rss_mb", "RSS MB", False),
         Measure("cold_start_s", "cold start s", False),
         Measure("parity_mean_cosine", "parity cos", True),
+        # what a million embeddings cost (priced runs only: embench.cost)
+        Measure("usd_per_million_heavy", f"$/M emb. {heavy}", False),
+        Measure("usd_per_million_peak", "$/M emb. at peak", False),
     ]
 
 
@@ -102,6 +105,12 @@ def compare_runtimes(
                 "rss_mb": rss / 1e6 if rss is not None else None,
                 "cold_start_s": _median([run.get("cold_start_s") for run in their_runs]),
                 "parity_mean_cosine": _median(parity),
+                "usd_per_million_heavy": _median(
+                    [r.get("usd_per_million") for r in _closed(mine, heavy or -1)]
+                ),
+                "usd_per_million_peak": _median(
+                    [r.get("usd_per_million_at_peak") for r in mine if r.get("search_over")]
+                ),
             }
             entries.append(Entry(runtime, variant, values))
         reference = next((e for e in entries if (e.runtime, e.variant) == REFERENCE), None)
@@ -157,6 +166,8 @@ def value_text(key: str, value: float | None) -> str:
         return "-"
     if key == "parity_mean_cosine":
         return f"{value:.5f}"
+    if key.startswith("usd_"):
+        return f"{value:.4g}"
     return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
 
 

@@ -18,7 +18,9 @@ from client.scenario import RunLabels
 from embench.bench import scenario_file, write_scenario_file
 from embench.config import AppConfig
 from embench.config.schema import ALL_RUNTIMES, ALL_VARIANTS, EXTERNAL_RUNTIME
+from embench.cost import host_price, price_labels
 from embench.errors import ConfigError, EmbenchError
+from embench.host_slots import SLOT_LABEL, assign, slot_of_task, slots_in_use, targets_of
 from embench.hosts import Host, make_provisioner
 from embench.launch.docker_server import RunIsLive, deployment_name
 from embench.launch.external import external_handle
@@ -28,11 +30,10 @@ from embench.launch.site import DockerSite, Site, open_site
 from embench.paths import data_dir
 from embench.peers import client_options
 from embench.provenance import git_sha
+from embench.run_outcome import record_failure, target_id
 from embench.served_parity import check_target_parity, parity_label
 
 log = logging.getLogger(__name__)
-# The Airflow pool of the tasks that use the benchmark host: one slot, one benchmark at a time.
-HOST_POOL = "embench_benchmark_host"
 
 Launcher = Literal["auto", "docker", "process"]
 TOKENIZER_FILE = "tokenizer.json"  # in every prepared model folder
@@ -51,6 +52,7 @@ class RunContext:
     trigger: str = "manual"  # scheduled | manual
     map_index: int = -1
     try_number: int = 1
+    host_slot: int = 0  # which of the run's hosts (embench.host_slots)
 
     @classmethod
     def from_airflow(cls, context: Any) -> RunContext:
@@ -63,7 +65,13 @@ class RunContext:
             trigger="scheduled" if "scheduled" in run_type.lower() else "manual",
             map_index=ti.map_index if ti.map_index is not None else -1,
             try_number=ti.try_number or 1,
+            host_slot=slot_of_task(ti.task_id),
         )
+
+    @property
+    def target_id(self) -> str:
+        """The benchmark group's id within the run (each slot's groups are mapped from 0)."""
+        return target_id(self.host_slot, self.map_index)
 
     def labels(self) -> dict[str, str]:
         return {
@@ -72,6 +80,7 @@ class RunContext:
             "map_index": str(self.map_index),
             "try_number": str(self.try_number),
             "trigger": self.trigger,
+            SLOT_LABEL: str(self.host_slot),
         }
 
     def container_labels(self) -> dict[str, str]:
@@ -85,10 +94,14 @@ class RunContext:
         """The labels every task of the run shares (a sweep removes what carries them)."""
         return {"io.embench.dag_id": self.dag_id, "io.embench.run_id": self.run_id}
 
-    def work_dir(self) -> Path:
-        """Scenario file, result and logs of this (run, map index), under the data dir."""
+    def run_dir(self) -> Path:
+        """The run's folder under the data dir: its groups' work dirs, failures, report."""
         safe_run = re.sub(r"[^A-Za-z0-9._-]+", "_", self.run_id)
-        return data_dir() / "runs" / self.dag_id / safe_run / f"map-{self.map_index}"
+        return data_dir() / "runs" / self.dag_id / safe_run
+
+    def work_dir(self) -> Path:
+        """Scenario file, result and logs of this benchmark group."""
+        return self.run_dir() / f"map-{self.target_id}"
 
 
 class RunParams(BaseModel):
@@ -151,8 +164,9 @@ def parse_params(params: dict[str, Any], config: AppConfig) -> RunParams:
 
 
 def plan_targets(params: dict[str, Any], config: AppConfig) -> list[dict[str, Any]]:
-    """One target per (model, runtime, variant, repetition): the map of the benchmark task
-    group. The runtimes and variants params filter each model's own lists."""
+    """One target per (model, runtime, variant, repetition) and instance type of the axis,
+    each given to a host slot: the maps of the slots' benchmark task groups. The runtimes and
+    variants params filter each model's own lists."""
     run = parse_params(params, config)
     targets = []
     for model_id in run.models:
@@ -174,7 +188,7 @@ def plan_targets(params: dict[str, Any], config: AppConfig) -> list[dict[str, An
                 )
     if not targets:
         raise ConfigError("DAG params select no (model, runtime, variant) to benchmark")
-    return targets
+    return assign(targets, slots_in_use(config.benchmark.host, run.provisioner))
 
 
 def _model_targets(config: AppConfig, model_id: str) -> list[tuple[str, str]]:
@@ -211,24 +225,37 @@ def resolve_launcher(requested: str, host: Host) -> str:
 
 
 def provision_host(
-    params: dict[str, Any], ctx: RunContext, config: AppConfig, run_is_live: RunIsLive
-) -> dict[str, Any]:
-    """Acquire the host and choose the launcher; with Docker, check that its daemon answers,
-    work out how this worker reaches the containers it starts there (failing at once when it
-    cannot), and remove containers that runs no longer alive left on it. A failure after the
-    host was acquired releases it."""
+    params: dict[str, Any],
+    slot: int,
+    ctx: RunContext,
+    config: AppConfig,
+    run_is_live: RunIsLive,
+) -> dict[str, Any] | None:
+    """Acquire the slot's host and choose the launcher; with Docker, check that its daemon
+    answers, work out how this worker reaches the containers it starts there (failing at
+    once when it cannot), and remove containers that runs no longer alive left on it. A
+    failure after the host was acquired releases it. None: the plan gives the slot nothing
+    (fewer targets than hosts, or a provisioner with fewer hosts), so no host is taken."""
     run = parse_params(params, config)
+    mine = targets_of(plan_targets(params, config), slot)
+    if not mine:
+        return None
+    instance_type = mine[0]["instance_type"]
     provisioner = make_provisioner(
-        config.benchmark.host, run.provisioner, config.config_dir, run_is_live
+        config.benchmark.host, run.provisioner, config.config_dir, run_is_live, instance_type
     )
     for gone in provisioner.sweep_dead(run_is_live):
         log.warning("released host %s: its run is no longer alive", gone)
-    host = provisioner.acquire({**ctx.labels(), "deployment": deployment_name()})
+    host = provisioner.acquire(
+        {**ctx.labels(), SLOT_LABEL: str(slot), "deployment": deployment_name()}
+    )
     try:
         provisioned = {
             "host": host.to_dict(),
             "launcher": resolve_launcher(run.launcher, host),
             "docker_network": None,
+            SLOT_LABEL: slot,
+            "instance_type": host.instance_type or instance_type,
         }
         if provisioned["launcher"] == "docker":
             from embench.launch.reach import worker_network
@@ -248,12 +275,15 @@ def provision_host(
         provisioner.release(host)
         raise
     log.info(
-        "host %s (%s, %s), launcher %s, network %s",
+        "host slot %d: %s (%s, %s%s), launcher %s, network %s, %d target(s)",
+        slot,
         host.name,
         host.provisioner,
         host.address,
+        f", {instance_type}" if instance_type else "",
         provisioned["launcher"],
         provisioned["docker_network"] or "the host's",
+        len(mine),
     )
     return provisioned
 
@@ -337,7 +367,7 @@ def tune_server(
 
 def server_name(ctx: RunContext) -> str:
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{ctx.dag_id}-{ctx.run_id}")[-80:].strip("-.")
-    return f"embench-server-{safe}-{ctx.map_index}"
+    return f"embench-server-{safe}-{ctx.target_id}"
 
 
 def client_name(ctx: RunContext) -> str:
@@ -408,7 +438,8 @@ def run_benchmark(
     with open_site(provisioned, config) as site:
         handle = _server_answering(site, prepared, ServerHandle.from_dict(server), ctx, config)
         parity = check_target_parity(prepared, handle.url, handle.name, config)
-        scenarios = write_run_scenarios(prepared, ctx, config, handle, parity_label(parity))
+        labels = {**parity_label(parity), **host_labels(provisioned, config)}
+        scenarios = write_run_scenarios(prepared, ctx, config, handle, labels)
         out = result_path(ctx)
         out.unlink(missing_ok=True)  # a failed earlier try's partial result
         calibration = HostCalibration(site, handle)
@@ -437,6 +468,17 @@ def run_benchmark(
         len(summary.get("scenarios", [])),
     )
     return str(out)
+
+
+def host_labels(provisioned: dict[str, Any], config: AppConfig) -> dict[str, str]:
+    """What the result says of the host: its name, its instance type (part of the history
+    key) and its price, where known."""
+    host = Host.from_dict(provisioned["host"])
+    instance_type = provisioned.get("instance_type")
+    price = host_price(
+        config, instance_type=instance_type, host_name=host.name, provisioner=host.provisioner
+    )
+    return {"host": host.name, **price_labels(price, instance_type)}
 
 
 def _server_failure(site: Site, handle: ServerHandle) -> str | None:
@@ -543,10 +585,21 @@ def detect_regressions(
 # ------------------------------------------------------------------------------- report
 
 
-def report(ctx: RunContext) -> str:
+def record_task_failure(ctx: RunContext, task_id: str, error: BaseException | str | None) -> None:
+    """The DAG's failure callback: a task failed for good; the report says which and why."""
+    text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error
+    path = record_failure(
+        ctx.run_dir(), task_id, ctx.map_index, ctx.try_number, text or "no error was given"
+    )
+    log.info("recorded the failure of %s in %s", task_id, path)
+
+
+def report(ctx: RunContext, params: dict[str, Any], config: AppConfig) -> str:
     """Write the run's comparison report from what the store holds for this DAG run; returns
-    its path. Runs even when some (model, variant) groups failed: what was stored is shown."""
+    its path. Runs even when some groups (or whole hosts) failed: what was stored is shown,
+    and each planned target that was not, with the recorded reason."""
     from embench.report import collect, write_report
+    from embench.run_outcome import failures, not_measured
     from embench.store.db import make_engine, session_scope, upgrade_to_head
     from embench.store.queries import dag_run_ingest_keys
 
@@ -555,7 +608,15 @@ def report(ctx: RunContext) -> str:
     with session_scope(engine) as session:
         keys = dag_run_ingest_keys(session, ctx.dag_id, ctx.run_id)
         data = collect(session, keys, f"Embedding benchmark {ctx.dag_id} / {ctx.run_id}")
-    path, html_path = write_report(ctx.work_dir().parent, data)  # report.md, report.html
+    stored = {key.rsplit("/", 1)[-1] for key in keys}
+    try:
+        planned = plan_targets(params, config)
+    except ConfigError:
+        planned = []  # the plan task failed on these params and said why
+    data.not_measured = not_measured(planned, stored, failures(ctx.run_dir()))
+    for item in data.not_measured:
+        log.warning("NOT MEASURED %s: %s", item["target"], item["reason"])
+    path, html_path = write_report(ctx.run_dir(), data)  # report.md, report.html
     log.info(
         "report: %s and %s (%d stored run(s))\n%s",
         path,

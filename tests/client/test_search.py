@@ -413,16 +413,18 @@ def test_a_search_on_the_command_line():
 
 
 def test_the_command_line_runs_a_search(fake_server, tmp_path):
-    url = fake_server.url(fifo=1, delay="fixed:4")
+    # 1 ms of service: the 200/s top of the bracket is a fifth of capacity, so the search
+    # ends there on a busy machine too (at 4 ms a CI machine once flagged it unstable).
+    url = fake_server.url(fifo=1, delay="fixed:1")
     out = tmp_path / "r.json"
     spec = (
         "mode=open,arrival=constant,min_requests=400,min_duration_s=1,"
         "search.over=rate,search.slo_p99_ms=100,search.low=50,search.high=200"
     )
     quick = ["--warmup-requests", "0", "--warmup-duration", "0.3", "--window", "0.5"]
-    proc = run_cli(
-        ["run", "--url", url, "--out", str(out), "--progress", "plain", *quick, "--scenarios", spec]
-    )
+    loose = ["--windows", "2", "--tolerance", "0.9"]  # as STABILITY: the search is on test
+    args = ["run", "--url", url, "--out", str(out), "--progress", "plain", *quick, *loose]
+    proc = run_cli([*args, "--scenarios", spec])
     assert proc.returncode == 0, proc.stderr
     assert "search open-search-rate-slo100ms-constant-short: probe 1 (at most 8): rate 200/s" in (
         proc.stderr

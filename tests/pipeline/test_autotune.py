@@ -160,7 +160,7 @@ def test_tune_server_on_the_docker_launcher_then_reuses_its_cache(
     cli.close()
     ctx = steps.RunContext("embench_test_autotune", f"manual__{uuid.uuid4().hex[:10]}")
     params = {"models": [DEFAULT_MODEL], "launcher": "docker", "provisioner": "local"}
-    provisioned = steps.provision_host(params, ctx, config, lambda dag_id, run_id: True)
+    provisioned = steps.provision_host(params, 0, ctx, config, lambda dag_id, run_id: True)
     prepared = {
         "model": DEFAULT_MODEL,
         "runtime": "onnx",

@@ -140,3 +140,41 @@ def test_params_validate_the_trigger_form(dag):
         params.get_param("runtimes").resolve(["tensorrt"])
     with pytest.raises(ParamValidationError):
         params.get_param("autotune").resolve("yes")
+
+
+def test_each_host_slot_has_its_own_host_pool_and_groups(repo_root, tmp_path, monkeypatch):
+    """host.parallel 2 x two instance types: four hosts, each provisioned and released by its
+    own setup and teardown, with its own mapped group in its own pool of one."""
+    import shutil
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    config_dir = tmp_path / "config"
+    shutil.copytree(repo_root / "config", config_dir)
+    benchmark = config_dir / "benchmark.yaml"
+    text = benchmark.read_text().replace("host:\n", "host:\n  parallel: 2\n", 1)
+    types = "  ec2:\n    instance_types: [c7i.large, c7g.large]\n"
+    benchmark.write_text(text.replace("  ec2:\n", types, 1))
+    monkeypatch.setenv("EMBENCH_CONFIG_DIR", str(config_dir))
+    bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
+    assert bag.import_errors == {}, bag.import_errors
+    dag = bag.dags["embedding_benchmark"]
+    setups = {t.task_id for t in dag.tasks if t.is_setup}
+    assert {s for s in setups if s.startswith("provision_host")} == {
+        "provision_host",
+        "provision_host_1",
+        "provision_host_2",
+        "provision_host_3",
+    }
+    for slot, suffix in enumerate(("", "_1", "_2", "_3")):
+        group = f"{GROUP}{suffix}"
+        assert type(dag.task_group_dict[group]).__name__ == "MappedTaskGroup"
+        pool = f"embench_benchmark_host{suffix}"
+        for name in ("ship_to_host", "tune_server", "start_server", "run_benchmark", "stop_server"):
+            assert dag.get_task(f"{group}.{name}").pool == pool, (group, name)
+        assert dag.get_task(f"{group}.prepare_model").pool != pool
+        assert f"provision_host{suffix}" in dag.get_task(f"{group}.ship_to_host").upstream_task_ids
+        assert f"targets_of_slot_{slot}" in dag.get_task(f"{group}.prepare_model").upstream_task_ids
+        release = dag.get_task(f"release_host{suffix}")
+        assert release.is_teardown and f"provision_host{suffix}" in release.upstream_task_ids
+        assert f"release_host{suffix}" in dag.get_task("detect_regressions").upstream_task_ids

@@ -160,7 +160,7 @@ def test_an_unreachable_host_at_teardown_is_still_terminated(
     app = load_config(config_dir)
     ctx = steps.RunContext("embedding_benchmark", f"manual__{uuid.uuid4().hex[:8]}")
     params = {"models": ["all-minilm-l6-v2"], "provisioner": "ec2"}
-    provisioned = steps.provision_host(params, ctx, app, lambda dag_id, run_id: True)
+    provisioned = steps.provision_host(params, 0, ctx, app, lambda dag_id, run_id: True)
     (instance_id,) = live_instances(ec2)
     assert provisioned["host"]["instance_id"] == instance_id
 

@@ -154,7 +154,7 @@ def test_a_docker_benchmark_carries_the_probe_of_the_servers_container(
     config = docker_site_config
     ctx = steps.RunContext("embench_test_host_probe", f"manual__{uuid.uuid4().hex[:10]}")
     params = {"models": ["all-minilm-l6-v2"], "launcher": "docker", "provisioner": "local"}
-    provisioned = steps.provision_host(params, ctx, config, lambda dag_id, run_id: True)
+    provisioned = steps.provision_host(params, 0, ctx, config, lambda dag_id, run_id: True)
     fp32 = prepared_minilm["fp32"]
     prepared = {
         "model": "all-minilm-l6-v2",

@@ -92,7 +92,7 @@ def test_an_external_server_is_checked_measured_and_left_running(
     config = config_with_external(tmp_path / "config", [{**external, "request_model": "m"}])
     ctx = steps.RunContext("embench_test_peers", f"manual__{uuid.uuid4().hex[:10]}")
     params = {"models": [MODEL], "launcher": "process", "provisioner": "local"}
-    provisioned = steps.provision_host(params, ctx, config, lambda dag_id, run_id: True)
+    provisioned = steps.provision_host(params, 0, ctx, config, lambda dag_id, run_id: True)
     try:
         prepared = steps.prepare_target(target_of(config, "external", "ours-apart"), config)
         # its entry: the tokenizer (for the client) and the reference, and no in-process gate
@@ -166,7 +166,7 @@ def test_a_server_that_returns_wrong_vectors_is_refused_before_it_is_measured(
     )
     ctx = steps.RunContext("embench_test_peers", f"manual__{uuid.uuid4().hex[:10]}")
     params = {"models": [MODEL], "launcher": "process", "provisioner": "local"}
-    provisioned = steps.provision_host(params, ctx, config, lambda dag_id, run_id: True)
+    provisioned = steps.provision_host(params, 0, ctx, config, lambda dag_id, run_id: True)
     try:
         prepared = steps.prepare_target(target_of(config, "external", "wrong"), config)
         server = steps.start_server(prepared, provisioned, ctx, config)
@@ -226,7 +226,7 @@ def test_infinity_runs_in_its_image_passes_the_gate_with_mean_pooling_and_not_wi
     config = docker_config
     ctx = steps.RunContext("embench_test_peers", f"manual__{uuid.uuid4().hex[:10]}")
     params = {"models": [MODEL], "launcher": "docker", "provisioner": "local"}
-    provisioned = steps.provision_host(params, ctx, config, lambda dag_id, run_id: True)
+    provisioned = steps.provision_host(params, 0, ctx, config, lambda dag_id, run_id: True)
     try:
         prepared = steps.prepare_target(target_of(config, "infinity", "fp32"), config)
         server = steps.start_server(prepared, provisioned, ctx, config)

@@ -126,6 +126,59 @@ def test_an_unreachable_host_fails_at_once_and_clearly(embench_run, pg_database,
     assert "provision_host" in run.output
 
 
+def two_hosts_config(first, second) -> dict:
+    """benchmark.yaml's `host:` with two test hosts (th1, th2), both benchmarking at once;
+    each host's lock in its own folder (test hosts share this machine's file system)."""
+    config = ssh_host_config(first)
+    entries = []
+    for name, host in (("th1", first), ("th2", second)):
+        entries.append(
+            {
+                "name": name,
+                "address": host.address,
+                "user": host.user,
+                "docker_socket": str(host.docker_socket),
+                "lock_path": str(host.work_dir / "embench.lock"),
+            }
+        )
+    config["ssh"]["hosts"] = entries
+    return {**config, "parallel": 2}
+
+
+def test_a_host_that_cannot_be_provisioned_fails_its_share_and_the_other_host_measures(
+    embench_run, pg_database, test_hosts
+):
+    """Two host slots, one of the two hosts unreachable: one slot takes the good host and
+    measures its targets; the other finds no free host, fails after its retries, and the
+    report names the targets it never measured and why. The run is not a success."""
+    good, bad = test_hosts(2)
+    bad.block()
+    db_url = pg_database()
+    run = embench_run(
+        "--variants",
+        "fp32,int8",
+        "--scenarios",
+        SCENARIOS,
+        db_url=db_url,
+        host=two_hosts_config(good, bad),
+    )
+    assert run.returncode != 0, run.output[-6000:]
+    stored = stored_runs(db_url, run.run_id())
+    assert len(stored) == 1, stored  # the reachable host's share: one of the two variants
+    (report,) = (run.data_dir / "runs").rglob("report.md")
+    text = report.read_text()
+    measured = stored[0][1]
+    missing = "int8" if measured == "fp32" else "fp32"
+    assert "## Not measured" in text, text
+    (line,) = [
+        row for row in text.splitlines() if row.startswith(f"| all-minilm-l6-v2/onnx/{missing}")
+    ]
+    assert "could not be provisioned" in line and "unreachable: th2" in line, line
+    assert host_containers(good) == []
+    assert not (good.work_dir / "embench.lock").exists(), "the good host's lock was kept"
+    print(f"\n{summary_line(run.output)}\nnot measured: {line}")
+
+
 def test_ssh_dropped_mid_benchmark_fails_the_try_and_the_retry_measures_again(
     embench_run, pg_database, test_hosts
 ):

@@ -189,13 +189,14 @@ def test_postgresql_sessions_are_read_only(pg_database: Callable[[], str]) -> No
 def test_pipeline_report_task_writes_markdown_and_html(
     tmp_path: Path, history: History, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from embench.config import load_config
     from embench.steps import RunContext, report
 
     monkeypatch.setenv("EMBENCH_DB_URL", history.url)
     monkeypatch.setenv("EMBENCH_DATA_DIR", str(tmp_path))
     ctx = RunContext("embedding_benchmark", history.seeded.last_dag_run)
-    path = Path(report(ctx))
-    assert path.name == "report.md" and path.parent == ctx.work_dir().parent
+    path = Path(report(ctx, {"models": ["all-minilm-l6-v2"]}, load_config()))
+    assert path.name == "report.md" and path.parent == ctx.run_dir()
     assert "**REGRESSED**" in path.read_text()
     html = path.with_name("report.html").read_text()
     assert "Latency vs concurrency" in html and "plotly.js v" in html

@@ -11,7 +11,14 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from embench.config.schema import BenchmarkFile, ExternalServer, ModelConfig, ModelsFile
+from embench.config.schema import (
+    BenchmarkFile,
+    CostConfig,
+    ExternalServer,
+    ModelConfig,
+    ModelsFile,
+    PriceTable,
+)
 from embench.errors import ConfigError
 
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
@@ -36,6 +43,8 @@ class AppConfig:
     models: dict[str, ModelConfig]
     benchmark: BenchmarkFile
     config_dir: Path
+    # benchmark.yaml's cost.price_table (prices.yaml), None when the file is not there
+    prices: PriceTable | None = None
 
     def model(self, model_id: str) -> ModelConfig:
         try:
@@ -88,7 +97,29 @@ def load_config(config_dir: Path | None = None) -> AppConfig:
                 f"{benchmark_path}{where}: external[{index}].model: unknown model id "
                 f"{external.model!r}; {models_path.name} defines: {', '.join(models.models)}"
             )
-    return AppConfig(models=dict(models.models), benchmark=benchmark, config_dir=config_dir)
+    prices = load_price_table(config_dir, benchmark, benchmark_path)
+    return AppConfig(
+        models=dict(models.models), benchmark=benchmark, config_dir=config_dir, prices=prices
+    )
+
+
+def load_price_table(
+    config_dir: Path, benchmark: BenchmarkFile, benchmark_path: Path
+) -> PriceTable | None:
+    """benchmark.yaml's cost.price_table, relative to the config folder. The default table
+    may be absent (no prices: results carry no cost); one named in benchmark.yaml must exist.
+    A malformed table is an error that names its file, line and key."""
+    name = benchmark.cost.price_table
+    path = config_dir / name
+    if not path.is_file():
+        if name == CostConfig.model_fields["price_table"].default:
+            return None
+        where = _locate(_compose(benchmark_path), ["cost", "price_table"])
+        raise ConfigError(
+            f"{benchmark_path}{where}: cost.price_table: file not found: {path} "
+            f"(relative to the config folder {config_dir})"
+        )
+    return load_yaml_file(path, PriceTable)
 
 
 def load_yaml_file(path: Path, schema: type[SchemaT]) -> SchemaT:
@@ -127,6 +158,8 @@ def _describe(path: Path, text: str, data: Any, exc: ValidationError) -> str:
         problem = _MESSAGES.get(error["type"], error["msg"])
         problem = problem.removeprefix("Value error, ")
         problem = problem[:1].lower() + problem[1:]
+        if keys and keys[-1] == "[key]":  # pydantic's tag of a bad mapping key, not a key
+            keys.pop()
         if error["type"] not in ("missing", "unknown_key") and _is_scalar(error["input"]):
             problem += f", got {error['input']!r}"
         where = _locate(root, keys)

@@ -10,6 +10,7 @@ hint, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import re
+from datetime import date
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -310,6 +311,9 @@ class RegressionConfig(StrictModel):
         return self
 
 
+INSTANCE_TYPE_PATTERN = r"^[a-z][a-z0-9-]*\.[a-z0-9]+$"  # e.g. c7i.large, c7g.2xlarge
+
+
 class Ec2HostConfig(StrictModel):
     """A benchmark host launched per run from the launch template terraform/ defines."""
 
@@ -330,7 +334,22 @@ class Ec2HostConfig(StrictModel):
     # opens to the workers (so no "any free port" here).
     server_port: Annotated[int, Field(ge=1024, le=65535)] = 8080
     instance_type: str | None = None  # default: the launch template's (c7i.4xlarge)
+    # The instance-type axis: every target is benchmarked on each of these (each type's
+    # targets spread over host.parallel instances of it). Empty: `instance_type` alone.
+    instance_types: list[Annotated[str, Field(pattern=INSTANCE_TYPE_PATTERN)]] = Field(
+        default_factory=list
+    )
     ready_timeout_s: PositiveFloat = 600.0
+
+    @model_validator(mode="after")
+    def _one_way_to_name_the_type(self) -> Ec2HostConfig:
+        if self.instance_type and self.instance_types:
+            raise ValueError(
+                "name the instance type once: instance_type (one) or instance_types (the "
+                "axis), not both"
+            )
+        _require_unique("instance type", self.instance_types)
+        return self
 
 
 class SshHostConfig(StrictModel):
@@ -371,6 +390,9 @@ class SshHostsConfig(StrictModel):
 
 class HostConfig(StrictModel):
     provisioner: Literal["local", "ssh", "ec2"] = "local"
+    # Hosts benchmarking at once (per instance type with ec2), each one benchmark at a time
+    # in its own Airflow pool. ssh: at most as many as host.ssh.hosts; local: always 1.
+    parallel: Annotated[int, Field(ge=1, le=16)] = 1
     docker_url: str | None = None  # local Docker daemon (default: DOCKER_HOST or the socket)
     # The network a containerized worker shares with the server and client containers
     # (EMBENCH_DOCKER_NETWORK overrides; default: found from the worker's own container).
@@ -454,6 +476,21 @@ class AutotuneConfig(StrictModel):
         return values
 
 
+# A key of benchmark.yaml's cost.usd_per_hour: an instance type (c7i.large), an ssh host's name,
+# or `local` (this machine).
+PriceKey = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+
+
+class CostConfig(StrictModel):
+    """The price per hour of the benchmark hosts (embench.cost): benchmark.yaml's
+    `usd_per_hour` first (by instance type, then by an ssh host's name, then `local` for this
+    machine), else the shipped price table by instance type. Every result then carries its
+    cost per million embeddings; a host with no price gets none (the run still works)."""
+
+    price_table: str = "prices.yaml"  # relative to this config folder
+    usd_per_hour: dict[PriceKey, PositiveFloat] = Field(default_factory=dict)
+
+
 class BenchmarkFile(StrictModel):
     schedule: str = "0 2 * * *"
     models: Annotated[list[Identifier], Field(min_length=1)]
@@ -469,6 +506,7 @@ class BenchmarkFile(StrictModel):
     images: ImagesConfig = ImagesConfig()
     regression: RegressionConfig = RegressionConfig()
     autotune: AutotuneConfig = AutotuneConfig()
+    cost: CostConfig = CostConfig()
     external: list[ExternalServer] = Field(default_factory=list)
     scenarios: Annotated[list[ScenarioConfig], Field(min_length=1)]
 
@@ -483,3 +521,47 @@ class BenchmarkFile(StrictModel):
     def _unique_scenario_names(cls, scenarios: list[ScenarioConfig]) -> list[ScenarioConfig]:
         _require_unique("scenario", [s.name for s in scenarios])
         return scenarios
+
+
+# ----------------------------------------------------------------- prices.yaml
+
+# A source's date: a day, or the year (or month) an undated page says it is written for.
+SourceDate = date | Annotated[str, Field(pattern=r"^\d{4}(-\d{2})?$")]
+
+
+class PriceSource(StrictModel):
+    """Where prices were read: a URL, its date and the words that give them."""
+
+    url: Annotated[str, Field(pattern=r"^https?://\S+$")]
+    as_of: SourceDate
+    says: str | None = None  # the excerpt the prices were read from
+
+
+class PriceEntry(StrictModel):
+    usd_per_hour: PositiveFloat
+    source: str  # the url of one of `sources`
+    as_of: SourceDate
+    note: str | None = None
+
+
+class PriceTable(StrictModel):
+    """config/prices.yaml: on-demand prices per hour by instance type, each with its source
+    and date (secondary sources of the cloud's list price; benchmark.yaml's cost section
+    overrides them)."""
+
+    as_of: date  # the day the table was compiled
+    region: str
+    currency: Literal["USD"] = "USD"
+    sources: Annotated[list[PriceSource], Field(min_length=1)]
+    prices: dict[Annotated[str, Field(pattern=INSTANCE_TYPE_PATTERN)], PriceEntry]
+
+    @model_validator(mode="after")
+    def _sources_listed(self) -> PriceTable:
+        urls = {s.url for s in self.sources}
+        unlisted = sorted(t for t, entry in self.prices.items() if entry.source not in urls)
+        if unlisted:
+            raise ValueError(
+                f"every price's source must be one of `sources`; not listed: "
+                f"{', '.join(f'{t} ({self.prices[t].source})' for t in unlisted)}"
+            )
+        return self

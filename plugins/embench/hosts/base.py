@@ -26,6 +26,7 @@ class Host:
     publish_address: str = "127.0.0.1"  # the host's interface the server's port is bound to
     publish_port: int | None = None  # the server's port there (None: any free port)
     lock: str | None = None  # the lock this run holds on the host (static ssh hosts)
+    instance_type: str | None = None  # what the cloud launched (ec2)
 
     @property
     def remote(self) -> bool:

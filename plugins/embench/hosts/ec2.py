@@ -406,6 +406,7 @@ class Ec2Provisioner:
             ssh=ssh.to_dict(),
             publish_address="0.0.0.0",
             publish_port=self.server_port,
+            instance_type=instance.get("InstanceType"),
         )
         self.probe.wait_ready(address, outputs.ssh_user, outputs.ready_marker, self.ready_timeout_s)
         return host

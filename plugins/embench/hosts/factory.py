@@ -15,9 +15,11 @@ def make_provisioner(
     kind: str | None = None,
     config_dir: Path | None = None,
     run_is_live: RunIsLive | None = None,
+    instance_type: str | None = None,
 ) -> Provisioner:
     """`config_dir` resolves relative paths in the config (terraform outputs); `run_is_live`
-    lets the ssh provisioner break the lock of a run that is no longer alive."""
+    lets the ssh provisioner break the lock of a run that is no longer alive; `instance_type`
+    (ec2) is the slot's type of the instance-type axis."""
     kind = kind or config.provisioner
     if kind == "local":
         return LocalProvisioner(docker_url=config.docker_url)
@@ -28,5 +30,6 @@ def make_provisioner(
     if kind == "ec2":
         from embench.hosts.ec2 import Ec2Provisioner  # needs the amazon provider
 
-        return Ec2Provisioner.from_config(config.ec2, config_dir or Path.cwd())
+        overrides = {"instance_type": instance_type} if instance_type else {}
+        return Ec2Provisioner.from_config(config.ec2, config_dir or Path.cwd(), **overrides)
     raise ValueError(f"unknown provisioner {kind!r}; expected 'local', 'ssh' or 'ec2'")

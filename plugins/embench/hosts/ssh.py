@@ -297,7 +297,8 @@ class SshProvisioner:
     def _take(self, endpoint: SshEndpoint, lock: str, labels: dict[str, str]) -> str | None:
         """Take the lock; None when taken, else who holds it. Only a lock of this deployment
         can be judged (its runs are the ones Airflow here knows): another's is never broken."""
-        mine = {k: labels.get(k, "") for k in ("deployment", "dag_id", "run_id")}
+        # the slot too: the run's other hosts must not take this one as theirs
+        mine = {k: labels.get(k, "") for k in ("deployment", "dag_id", "run_id", "host_slot")}
         holder = json.dumps(mine, sort_keys=True)
         path = shlex.quote(lock)
         take = (
@@ -321,7 +322,8 @@ class SshProvisioner:
                 and not self.run_is_live(str(held.get("dag_id", "")), str(held.get("run_id", "")))
             )
             if not dead:
-                return " ".join(str(held.get(k, "?")) for k in ("deployment", "dag_id", "run_id"))
+                holder = " ".join(str(held.get(k, "?")) for k in ("deployment", "dag_id", "run_id"))
+                return holder + (f" host slot {held['host_slot']}" if held.get("host_slot") else "")
             log.warning(
                 "ssh: breaking %s's lock on %s: its run is no longer alive", out, endpoint.target
             )

@@ -259,7 +259,8 @@ def cmd_latest(args: argparse.Namespace) -> int:
     with session_scope(_engine(args)) as session:
         rows = latest_comparison(session, args.model)
     columns = ["model", "variant", "runtime", "scenario", *COMPARISON_METRICS]
-    _show(args, rows, "latest runs", [*columns, "model_load_ms"])
+    # usd_per_million: $ per million embeddings at the row's texts/s (priced runs: embench.cost)
+    _show(args, rows, "latest runs", [*columns, "model_load_ms", "usd_per_million"])
     return 0
 
 

@@ -1,8 +1,9 @@
 """Idempotent ingest of result documents, one transaction per document.
 
-A document is identified by its ingest key: `dag_id/run_id/map_index` when its labels carry
-them (an Airflow task), else the document's own run_id. Ingesting a key again replaces the
-rows stored under it, so an Airflow retry or a re-ingest leaves one copy. Any failure rolls
+A document is identified by its ingest key: `dag_id/run_id/map_index` (`slot-map_index` on
+host slots beyond the first) when its labels carry them (an Airflow task), else the
+document's own run_id. Ingesting a key again replaces the rows stored under it, so an Airflow
+retry or a re-ingest leaves one copy. Any failure rolls
 the whole document back; connection failures are retried (see db.with_retries) and the JSON
 file is never touched, so `embench ingest PATH...` can try again later.
 """
@@ -24,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from client.result import RunResult, stable_hash
 from embench.errors import EmbenchError
+from embench.host_slots import SLOT_LABEL
 from embench.regression import DetectorSettings
 from embench.store.db import session_scope, with_retries
 from embench.store.models import (
@@ -43,6 +45,7 @@ TRIGGER_KINDS = ("scheduled", "manual", "cli")
 LABEL_DAG_ID = "dag_id"
 LABEL_RUN_ID = "run_id"
 LABEL_MAP_INDEX = "map_index"
+LABEL_HOST_SLOT = SLOT_LABEL
 LABEL_TRY = "try_number"
 LABEL_TRIGGER = "trigger"
 
@@ -85,7 +88,10 @@ def ingest_key(result: RunResult) -> str:
     labels = result.metadata.labels
     if labels.get(LABEL_DAG_ID) and labels.get(LABEL_RUN_ID):
         map_index = labels.get(LABEL_MAP_INDEX, "-1")
-        return f"{labels[LABEL_DAG_ID]}/{labels[LABEL_RUN_ID]}/{map_index}"
+        slot = labels.get(LABEL_HOST_SLOT) or "0"
+        # beyond the first host, each host's groups are mapped from 0 too (host_slots)
+        target = map_index if slot == "0" else f"{slot}-{map_index}"
+        return f"{labels[LABEL_DAG_ID]}/{labels[LABEL_RUN_ID]}/{target}"
     return result.run_id
 
 

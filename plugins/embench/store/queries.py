@@ -13,6 +13,7 @@ from typing import IO, Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from embench.cost import run_costs, scenario_costs
 from embench.store.detect import INTERVALS, metric_column, resolve_run, stored_verdicts
 from embench.store.ingest import utc
 from embench.store.models import NUMERIC_FIELDS, SCALAR_FIELDS, Run, ScenarioRow, VerdictRow
@@ -307,7 +308,25 @@ def _comparison_row(run: Run, row: ScenarioRow, metrics: Sequence[str]) -> dict[
         "run_id": run.doc_run_id,
         "ingest_key": run.ingest_key,
         "started_at": _iso(run.started_at),
+        **_row_costs(run, row),
     }
+
+
+def _row_costs(run: Run, row: ScenarioRow) -> dict[str, Any]:
+    """The row's price (from its run's labels) and cost per million embeddings: at its
+    texts/s, and for a search scenario at the peak (peak QPS x texts per request)."""
+    texts_per_request = (row.definition or {}).get("texts_per_request")
+    return scenario_costs(
+        run.labels,
+        row.texts_per_s,
+        row.peak_qps if row.search_over else None,
+        texts_per_request if isinstance(texts_per_request, int) else None,
+    )
+
+
+def _run_costs(run: Run) -> dict[str, Any]:
+    wall = (utc(run.finished_at) - utc(run.started_at)).total_seconds() if run.finished_at else None
+    return run_costs(run.labels, wall)
 
 
 def _delta(a: float | None, b: float | None) -> tuple[float | None, float | None]:
@@ -341,6 +360,20 @@ def compare_runs(
             figures.append(
                 {"metric": metric, "a": va, "b": vb, "delta": delta, "relative": relative}
             )
+        # what a million embeddings cost at each side's throughput and price (priced runs)
+        ca = _row_costs(runs[pk_a], a)["usd_per_million"] if a is not None else None
+        cb = _row_costs(runs[pk_b], b)["usd_per_million"] if b is not None else None
+        if ca is not None or cb is not None:
+            delta, relative = _delta(ca, cb)
+            figures.append(
+                {
+                    "metric": "usd_per_million",
+                    "a": ca,
+                    "b": cb,
+                    "delta": delta,
+                    "relative": relative,
+                }
+            )
         scenarios.append(
             {
                 "scenario": name,
@@ -354,8 +387,8 @@ def compare_runs(
         )
     load_delta, load_relative = _delta(runs[pk_a].model_load_ms, runs[pk_b].model_load_ms)
     return {
-        "a": _run_dict(runs[pk_a]),
-        "b": _run_dict(runs[pk_b]),
+        "a": {**_run_dict(runs[pk_a]), **_run_costs(runs[pk_a])},
+        "b": {**_run_dict(runs[pk_b]), **_run_costs(runs[pk_b])},
         "model_load_ms": {
             "a": runs[pk_a].model_load_ms,
             "b": runs[pk_b].model_load_ms,

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from embench.cost import PRICE_LABEL, CostRanking, usd_text
 from embench.errors import EmbenchError
 from embench.report import collect, resolve_ingest_keys
 from embench.report import html as report_html
@@ -339,11 +340,15 @@ def _routes(app: FastAPI) -> None:
         run = run or (recent[0]["dag_run_id"] if recent else None)
         comparison: list[dict[str, Any]] = []
         tuning: list[dict[str, Any]] = []
+        cost: list[CostRanking] = []
+        cost_runs: list[dict[str, Any]] = []
         if run:
             keys, _ = resolve_ingest_keys(session, run)
             data = collect(session, keys, run)
             comparison = [c.to_dict() for c in data.comparison if len(c.entries) > 1]
             tuning = data.tuning
+            cost = data.cost
+            cost_runs = [r for r in data.runs if r.get(PRICE_LABEL) is not None]
         return _page(
             request,
             "runtimes.html",
@@ -351,6 +356,9 @@ def _routes(app: FastAPI) -> None:
             chosen=run or "",
             comparison=comparison,
             tuning=tuning,
+            cost=cost,
+            cost_runs=cost_runs,
+            usd_text=usd_text,
             value_text=value_text,
             ratio_text=ratio_text,
         )
