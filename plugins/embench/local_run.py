@@ -167,7 +167,7 @@ def runtime_table(comparison: ModelComparison) -> Table:
     from embench.runtime_comparison import entry_cells
 
     against = f" (ratio to {comparison.reference})" if comparison.reference else ""
-    table = Table(title=f"{comparison.model}: runtimes compared{against}")
+    table = Table(title=f"{comparison.title}: runtimes compared{against}")
     table.add_column("runtime")
     table.add_column("variant")
     for measure in comparison.measures:

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from client.result import INSTANCE_TYPE_LABEL
+
 REFERENCE = ("torch", "fp32")  # the model as its authors run it
 PEER = ("infinity", "fp32")  # the peer server, on the same ONNX fp32 file as onnx/fp32
 PEER_MEASURES = ("qps_c1", "qps_heavy", "peak_qps")  # throughput: what a server adds or loses
@@ -59,9 +61,14 @@ class ModelComparison:
     measures: list[Measure]
     entries: list[Entry]
     peer: str | None = None  # "infinity/fp32" when the run measured it
+    instance_type: str | None = None  # runtimes are compared on one instance type at a time
+
+    @property
+    def title(self) -> str:
+        return f"{self.model} on {self.instance_type}" if self.instance_type else self.model
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "title": self.title}
 
 
 def _median(values: Sequence[float | None]) -> float | None:
@@ -80,8 +87,16 @@ def compare_runtimes(
     per row; one stored run per run). Invalid figures are left out, never compared; a measure
     no target has (the peak, without a search scenario) is left out of the table."""
     comparisons = []
-    for model in sorted({str(r["model"]) for r in rows}):
-        of_model = [r for r in rows if str(r["model"]) == model and r.get("valid") is not False]
+    for model, instance_type in sorted(
+        {(str(r["model"]), r.get(INSTANCE_TYPE_LABEL) or "") for r in rows}
+    ):
+        of_model = [
+            r
+            for r in rows
+            if str(r["model"]) == model
+            and (r.get(INSTANCE_TYPE_LABEL) or "") == instance_type
+            and r.get("valid") is not False
+        ]
         closed = [r.get("concurrency") or 0 for r in of_model if r.get("mode") == "closed"]
         heavy = max((c for c in closed if c > 1), default=None)
         targets = sorted({(str(r["runtime"]), str(r["variant"])) for r in of_model})
@@ -92,6 +107,7 @@ def compare_runtimes(
                 run
                 for run in runs
                 if (run["model"], run["runtime"], run["variant"]) == (model, runtime, variant)
+                and (run.get(INSTANCE_TYPE_LABEL) or "") == instance_type
             ]
             c1 = _closed(mine, 1)
             rss = _median([r.get("server_rss_bytes_max") for r in mine])
@@ -130,6 +146,7 @@ def compare_runtimes(
                 measures=measured,
                 entries=entries,
                 peer="/".join(PEER) if peer else None,
+                instance_type=instance_type or None,
             )
         )
     return comparisons
@@ -201,7 +218,7 @@ def markdown_section(
             note = f"each figure, then its ratio to {comparison.reference} measured in this run"
         else:
             note = "PyTorch fp32 was not measured in this run: no ratios"
-        lines += [f"### {escape(comparison.model)} ({note})", ""]
+        lines += [f"### {escape(comparison.title)} ({note})", ""]
         labels = [m.label for m in comparison.measures]
         lines.append("| runtime | variant | " + " | ".join(labels) + " |")
         lines.append("|---|---|" + "---|" * len(labels))

@@ -105,3 +105,17 @@ def test_atomic_write_leaves_no_temporary_files(sample_result, tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["result.json"]
     assert load_result(out) == result
     assert out.stat().st_mode & 0o044  # readable by the ingesting user
+
+
+def test_the_instance_type_is_part_of_the_history_key_when_a_label_names_it():
+    from client.result import history_hardware_key
+
+    hardware = "a" * 64
+    # no label (this machine, a static host): the fingerprint's key, as always
+    assert history_hardware_key(hardware, {}) == hardware
+    assert history_hardware_key(hardware, {"instance_type": ""}) == hardware
+    c7i = history_hardware_key(hardware, {"instance_type": "c7i.large"})
+    m7i = history_hardware_key(hardware, {"instance_type": "m7i.large"})
+    # same CPU, cores and memory, different types: two histories
+    assert len({hardware, c7i, m7i}) == 3
+    assert c7i == history_hardware_key(hardware, {"instance_type": "c7i.large", "host": "x"})

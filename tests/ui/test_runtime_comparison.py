@@ -149,3 +149,28 @@ def test_page_draws_the_ratio_chart_in_a_browser(page_url: str, tmp_path: Path) 
         browser.full_page_screenshot(driver, ARTIFACTS / "compare-runtimes.png")
     finally:
         driver.quit()
+
+
+def test_runtimes_are_compared_within_one_instance_type_at_a_time() -> None:
+    def row(runtime: str, variant: str, qps: float, instance_type: str) -> dict[str, Any]:
+        return {
+            "model": MODEL,
+            "runtime": runtime,
+            "variant": variant,
+            "mode": "closed",
+            "concurrency": 1,
+            "qps": qps,
+            "valid": True,
+            "instance_type": instance_type,
+        }
+
+    rows = [
+        row("torch", "fp32", 100.0, "c7i.large"),
+        row("onnx", "int8", 150.0, "c7i.large"),
+        row("torch", "fp32", 80.0, "c7g.large"),
+        row("onnx", "int8", 200.0, "c7g.large"),
+    ]
+    graviton, intel = compare_runtimes(rows, [])
+    assert (graviton.title, intel.title) == (f"{MODEL} on c7g.large", f"{MODEL} on c7i.large")
+    ratio = {c.instance_type: c.entries[1].relative["qps_c1"] for c in (graviton, intel)}
+    assert ratio == {"c7g.large": pytest.approx(2.5), "c7i.large": pytest.approx(1.5)}
