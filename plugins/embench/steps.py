@@ -351,12 +351,16 @@ def tune_server(
     enabled = parse_params(params, config).autotune
     if not (config.benchmark.autotune.enabled if enabled is None else enabled):
         return {**prepared, "server_settings": settings, "tuning": None}
+    limits = server.limits.model_dump()
+    host_cpuset = Host.from_dict(provisioned["host"]).server_cpuset
+    if host_cpuset:  # the host's own cores: another tuning than benchmark.yaml's
+        limits["cpuset"] = host_cpuset
     with open_site(provisioned, config) as site:
         record = tune(
             site,
             prepared,
             settings,
-            server.limits.model_dump(),
+            limits,
             config.benchmark.autotune,
             ctx.work_dir() / "autotune",
             server_name(ctx).replace("embench-server-", "embench-tune-", 1),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from client.result import load_result
 from tests.pipeline.test_pipeline_e2e import stored_runs
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
@@ -131,7 +132,7 @@ def two_hosts_config(first, second) -> dict:
     each host's lock in its own folder (test hosts share this machine's file system)."""
     config = ssh_host_config(first)
     entries = []
-    for name, host in (("th1", first), ("th2", second)):
+    for index, (name, host) in enumerate((("th1", first), ("th2", second))):
         entries.append(
             {
                 "name": name,
@@ -139,6 +140,9 @@ def two_hosts_config(first, second) -> dict:
                 "user": host.user,
                 "docker_socket": str(host.docker_socket),
                 "lock_path": str(host.work_dir / "embench.lock"),
+                # one core each: the two hosts never share one (this machine has two)
+                "server_cpuset": str(index),
+                "client_cpuset": str(index),
             }
         )
     config["ssh"]["hosts"] = entries
@@ -176,6 +180,9 @@ def test_a_host_that_cannot_be_provisioned_fails_its_share_and_the_other_host_me
     assert "could not be provisioned" in line and "unreachable: th2" in line, line
     assert host_containers(good) == []
     assert not (good.work_dir / "embench.lock").exists(), "the good host's lock was kept"
+    # the server ran on the good host's own core (host.ssh.hosts[0].server_cpuset)
+    (result,) = (run.data_dir / "runs").rglob("result.json")
+    assert load_result(result).host_probe.cpuset == "0"
     print(f"\n{summary_line(run.output)}\nnot measured: {line}")
 
 

@@ -365,6 +365,10 @@ class SshHostConfig(StrictModel):
     publish_address: str = "0.0.0.0"  # the host's interface the server's port is bound to
     server_port: Annotated[int, Field(ge=1, le=65535)] | None = 8080  # None: any free port
     lock_path: str | None = None  # default: host.ssh.lock_path
+    # This host's CPUs for the server and the load client, where its size differs from what
+    # server.limits.cpuset and client.cpuset say (hosts of different sizes in one list).
+    server_cpuset: CpuSet | None = None
+    client_cpuset: CpuSet | None = None
 
 
 class SshHostsConfig(StrictModel):

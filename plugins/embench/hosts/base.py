@@ -27,6 +27,9 @@ class Host:
     publish_port: int | None = None  # the server's port there (None: any free port)
     lock: str | None = None  # the lock this run holds on the host (static ssh hosts)
     instance_type: str | None = None  # what the cloud launched (ec2)
+    # the host's own CPUs for the server and the client (None: benchmark.yaml's cpusets)
+    server_cpuset: str | None = None
+    client_cpuset: str | None = None
 
     @property
     def remote(self) -> bool:

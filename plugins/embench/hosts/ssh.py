@@ -269,6 +269,8 @@ class SshProvisioner:
             publish_address=entry.publish_address,
             publish_port=entry.server_port,
             lock=lock,
+            server_cpuset=entry.server_cpuset,
+            client_cpuset=entry.client_cpuset,
         )
 
     def acquire(self, labels: dict[str, str]) -> Host:

@@ -293,7 +293,7 @@ class DockerSite:
             model_mount_type=model_type,
             environment=environment,
             labels=labels,
-            cpuset=server.limits.cpuset,
+            cpuset=self.host.server_cpuset or server.limits.cpuset,
             cpus=server.limits.cpus,
             mem_limit=server.limits.memory,
             network=self.network,
@@ -307,6 +307,11 @@ class DockerSite:
     def server_failure(self, handle: ServerHandle) -> str | None:
         return container_failure(self.cli, str(handle.container_id))
 
+    @property
+    def client_cpuset(self) -> str | None:
+        """The load client's CPUs on this host: the host's own, else benchmark.yaml's."""
+        return self.host.client_cpuset or self.config.benchmark.client.cpuset
+
     def host_fingerprint(self, name: str, labels: dict[str, str]) -> dict[str, Any]:
         """The host's environment fingerprint (client.env.fingerprint: hardware_key and the
         rest), as the load client's container sees it there: what its results will carry."""
@@ -317,7 +322,7 @@ class DockerSite:
             name=name,
             labels={**labels, MANAGED_LABEL: "true"},
             host_config=self.cli.create_host_config(
-                network_mode="none", cpuset_cpus=self.config.benchmark.client.cpuset
+                network_mode="none", cpuset_cpus=self.client_cpuset
             ),
         )["Id"]
         try:
@@ -393,7 +398,7 @@ class DockerSite:
             host_config=self.cli.create_host_config(
                 network_mode=self.network or "host",
                 binds={socket_path: {"bind": "/var/run/docker.sock", "mode": "ro"}},
-                cpuset_cpus=limits.cpuset,
+                cpuset_cpus=self.client_cpuset,
                 mem_limit=limits.memory,
             ),
         )["Id"]
