@@ -192,6 +192,18 @@ compose up -d --wait --wait-timeout "${SMOKE_UP_TIMEOUT:-420}" >&2 || die "the s
 compose ps --format '{{.Service}}: {{.Status}}' >&2
 init_status="$(docker inspect -f '{{.State.ExitCode}}' "$(compose ps -aq airflow-init)")"
 [ "$init_status" = 0 ] || die "airflow-init exited with $init_status"
+# Where tasks may run (the task instances' hostname): the scheduler's container with the
+# LocalExecutor, the workers' containers with the CeleryExecutor.
+container_hostname() { docker inspect -f '{{.Config.Hostname}}' "$1"; }
+SCHEDULER_HOSTNAME="$(container_hostname "$(compose ps -q airflow-scheduler)")"
+WORKER_HOSTNAMES=""
+if [ "$CELERY" = 1 ]; then
+    for id in $(compose ps -q airflow-worker); do
+        WORKER_HOSTNAMES+="$(container_hostname "$id") "
+    done
+    [ -n "$WORKER_HOSTNAMES" ] || die "the celery profile started no airflow-worker"
+    log "Celery workers (container hostnames): $WORKER_HOSTNAMES"
+fi
 
 api() {
     AIRFLOW_ADMIN_PASSWORD="$ADMIN_PASSWORD" "$PYTHON" deploy/smoke/api.py \
@@ -284,8 +296,12 @@ SUMMARY="$("$PYTHON" -c 'import json, sys
 print(json.dumps({"project": sys.argv[1], "mode": "defaults", "runs": json.loads(sys.argv[2]),
                   "stored_runs_visible_to_reader": int(sys.argv[3]),
                   "down_mid_run": {"run_id": sys.argv[4], "after_down": sys.argv[5].splitlines(),
-                                   "after_up": sys.argv[6].splitlines()}}))' \
-    "$PROJECT" "$RUNS_JSON" "$COUNT" "$RUN_ID" "$AFTER_DOWN" "$AFTER_UP")"
+                                   "after_up": sys.argv[6].splitlines()},
+                  "executor": sys.argv[7], "scheduler_hostname": sys.argv[8],
+                  "worker_hostnames": sys.argv[9].split()}))' \
+    "$PROJECT" "$RUNS_JSON" "$COUNT" "$RUN_ID" "$AFTER_DOWN" "$AFTER_UP" \
+    "$([ "$CELERY" = 1 ] && echo CeleryExecutor || echo LocalExecutor)" \
+    "$SCHEDULER_HOSTNAME" "$WORKER_HOSTNAMES")"
 [ -z "${SMOKE_RESULT:-}" ] || printf '%s\n' "$SUMMARY" >"$SMOKE_RESULT"
 echo "$SUMMARY"
 # cleanup (the EXIT trap) takes the stack down and checks that no container is left.

@@ -26,7 +26,7 @@ path = "/opt/airflow/auth/simple_auth_manager_passwords.json"
 with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
     json.dump({os.environ["AIRFLOW_ADMIN_USER"]: os.environ["AIRFLOW_ADMIN_PASSWORD"]}, f)
 PY
-echo "[init] the host slots' pools (1 slot each: one benchmark per host; embench host-pools)"
+echo "[init] the pools of the host slots (1 slot each: one benchmark per host; embench host-pools)"
 embench host-pools > /tmp/embench-pools.json
 airflow pools import /tmp/embench-pools.json
 echo "[init] results database migrations"

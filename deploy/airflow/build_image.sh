@@ -27,8 +27,7 @@ done
 CTX="$(mktemp -d "${TMPDIR:-/tmp}/embench-airflow-ctx.XXXXXX")"
 trap 'rm -rf "$CTX"' EXIT
 mkdir -p "$CTX/src" "$CTX/wheels"
-cp "$ROOT/deploy/airflow/Dockerfile" "$ROOT/deploy/airflow/entrypoint.sh" \
-    "$ROOT/deploy/airflow/requirements-celery.txt" "$CTX/"
+cp "$ROOT/deploy/airflow/Dockerfile" "$ROOT/deploy/airflow/entrypoint.sh" "$CTX/"
 cp "$ROOT/requirements.txt" "$CTX/requirements.txt"
 cp "$ROOT/pyproject.toml" "$CTX/src/"
 tar -C "$ROOT" -c --exclude='__pycache__' --exclude='*.pyc' --exclude='.wheels' \

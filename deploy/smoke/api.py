@@ -73,6 +73,11 @@ def task_states(api: Api, run_id: str) -> list[str]:
     ]
 
 
+def task_hostnames(api: Api, run_id: str) -> list[str]:
+    tis = api.call("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?limit=100")
+    return sorted({ti["hostname"] for ti in tis.get("task_instances", []) if ti.get("hostname")})
+
+
 def unpause(api: Api, dag_timeout_s: float) -> None:
     wait_for_dag(api, dag_timeout_s)
     log(f"DAG {DAG_ID} is parsed; unpausing it")
@@ -121,6 +126,8 @@ def wait_run(api: Api, run_id: str, timeout_s: float) -> dict[str, Any]:
         "state": state,
         "wall_s": _wall_seconds(run),
         "tasks": last.split(),
+        # Where the task instances ran: the hostnames of the containers (scheduler or workers).
+        "hostnames": task_hostnames(api, run_id),
         # The docker launcher ran the load client in a container (on the host: " on NAME").
         "client_container": _first(
             task_log(api, run_id, "benchmark.run_benchmark"),

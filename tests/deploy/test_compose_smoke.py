@@ -1,5 +1,6 @@
 """The compose stack, brought up for real by scripts/compose_smoke.sh (images built from the
-local base, docker-compose.airflow.yml under a unique project, no overlay):
+local base, docker-compose.airflow.yml under a unique project, no overlay) with its `celery`
+profile: the CeleryExecutor, Redis as the broker, and a Celery worker that runs every task:
 
 - defaults: the scheduled run that unpausing starts and a manual run with no conf (the form's
   defaults: the docker launcher, from inside the scheduler's container) both succeed; the
@@ -132,8 +133,15 @@ def test_default_params_runs_succeed_with_the_docker_launcher_and_on_an_ssh_host
         "known_hosts": str(host.known_hosts_path),
         "lock_path": str(lock),
     }
-    summary = run_smoke("defaults", tmp_path, SMOKE_SSH_HOST=json.dumps(ssh_host))
+    summary = run_smoke("defaults", tmp_path, SMOKE_SSH_HOST=json.dumps(ssh_host), SMOKE_CELERY="1")
     scheduled, manual, on_ssh = summary["runs"]["runs"]
+    # The celery profile: every task ran on the Celery worker's container, none on the
+    # scheduler's (where the LocalExecutor runs them).
+    assert summary["executor"] == "CeleryExecutor"
+    assert summary["worker_hostnames"], summary
+    for run in (scheduled, manual, on_ssh):
+        assert run["hostnames"], run
+        assert set(run["hostnames"]) <= set(summary["worker_hostnames"]), (run, summary)
     assert scheduled["dag_run_id"].startswith("scheduled__"), scheduled
     assert manual["dag_run_id"].startswith("manual__"), manual
     for run in (scheduled, manual, on_ssh):

@@ -8,14 +8,22 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 import sqlalchemy as sa
 
-from embench.config import load_config
-from embench.prepare import prepare_model
-from tests.stack.helpers import AirflowStack, write_short_config
+# helpers' checks (check_stored_results) report their failures as test asserts do.
+pytest.register_assert_rewrite("tests.stack.helpers")
 
-MODEL = "all-minilm-l6-v2"
-VARIANT = "fp32"
+from embench.config import load_config  # noqa: E402
+from embench.prepare import prepare_model  # noqa: E402
+from tests.stack.helpers import (  # noqa: E402
+    CELERY,
+    MODEL,
+    REDIS_URL,
+    VARIANT,
+    AirflowStack,
+    write_short_config,
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,23 +59,58 @@ def airflow_stack(
     warm_cache: Path,
 ) -> Iterator[AirflowStack]:
     """api-server, scheduler and dag-processor running, healthy, on a migrated metadata
-    database with the pool; stopped (with every process they started) at the end."""
+    database with the pools (LocalExecutor); stopped (with every process they started) at
+    the end."""
     root = tmp_path_factory.mktemp("airflow-stack")
     stack = AirflowStack(
         home=root / "airflow-home",
         metadata_url=pg_databases["metadata"],
-        extra_env={
-            "EMBENCH_CONFIG_DIR": str(stack_config_dir),
-            "EMBENCH_DATA_DIR": str(root / "data"),
-            "EMBENCH_CACHE_DIR": str(warm_cache),
-            "EMBENCH_DB_URL": pg_databases["results"],
-        },
+        extra_env=_pipeline_env(root, pg_databases, stack_config_dir, warm_cache),
     )
+    yield from _running(stack)
+
+
+@pytest.fixture(scope="module")
+def celery_stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    pg_databases: dict[str, str],
+    stack_config_dir: Path,
+    warm_cache: Path,
+) -> Iterator[AirflowStack]:
+    """The same deployment on the CeleryExecutor: this machine's Redis as the broker (the
+    stack's own queue and key prefix), the metadata database as the result backend, and two
+    Celery workers (worker-1, worker-2) consuming the stack's queue, all running and ready."""
+    _require_redis(REDIS_URL)
+    root = tmp_path_factory.mktemp("celery-stack")
+    stack = AirflowStack(
+        home=root / "airflow-home",
+        metadata_url=pg_databases["metadata"],
+        extra_env=_pipeline_env(root, pg_databases, stack_config_dir, warm_cache),
+        executor=CELERY,
+        workers=2,
+        parallelism=4,
+    )
+    yield from _running(stack)
+
+
+def _pipeline_env(
+    root: Path, pg_databases: dict[str, str], config_dir: Path, cache: Path
+) -> dict[str, str]:
+    return {
+        "EMBENCH_CONFIG_DIR": str(config_dir),
+        "EMBENCH_DATA_DIR": str(root / "data"),
+        "EMBENCH_CACHE_DIR": str(cache),
+        "EMBENCH_DB_URL": pg_databases["results"],
+    }
+
+
+def _running(stack: AirflowStack) -> Iterator[AirflowStack]:
     failed = True
     try:
         stack.prepare()
         stack.start()
         stack.wait_healthy(timeout_s=120)
+        stack.wait_workers_ready(timeout_s=120)
         yield stack
         failed = False
     except BaseException:
@@ -77,3 +120,14 @@ def airflow_stack(
         stack.stop()
         if failed:
             print(f"Airflow home kept for inspection: {stack.home}")
+
+
+def _require_redis(url: str) -> None:
+    """Skip (as the PostgreSQL fixtures do) when no Redis answers at url."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"Redis unavailable at {url}: {exc} (.ci/run starts redis-server)")
+    finally:
+        client.close()
