@@ -91,13 +91,9 @@ class Resources:
         return sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(False)
 
     def test_hosts(self, n: int) -> list[Any]:
-        from tests.testhost import create_test_host, free_index
+        from tests.testhost import create_test_hosts
 
-        index = 0
-        for _ in range(n):
-            index = free_index(index + 1)
-            self.hosts.append(create_test_host(self.work / f"th{index}", index))
-        return self.hosts
+        return create_test_hosts(self.work, n, self.hosts)
 
     def __exit__(self, *exc: object) -> None:
         import sqlalchemy as sa
@@ -115,26 +111,12 @@ class Resources:
         admin.dispose()
 
 
-def host_entries(hosts: list[Any]) -> list[dict[str, Any]]:
-    return [
-        {
-            "name": f"th{i + 1}",
-            "address": h.address,
-            "user": h.user,
-            "docker_socket": str(h.docker_socket),
-            "lock_path": str(h.work_dir / "embench.lock"),
-            "server_cpuset": str(i),  # one core per host, the server's and the client's
-            "client_cpuset": str(i),
-        }
-        for i, h in enumerate(hosts)
-    ]
-
-
 def write_config(directory: Path, hosts: list[Any], using: int, seconds: float) -> None:
     """The stack's short config, on the ssh provisioner with `using` of the hosts listed
     (host.parallel stays 2: the DAG keeps its two lanes; with one host listed the second
     lane has nothing to do). The tasks read it afresh each time they run."""
     from tests.stack.helpers import write_short_config
+    from tests.testhost import ssh_hosts_config
 
     write_short_config(directory)
     path = directory / "benchmark.yaml"
@@ -143,18 +125,9 @@ def write_config(directory: Path, hosts: list[Any], using: int, seconds: float) 
         scenario.update(min_requests=40, min_duration_s=seconds, max_duration_s=seconds + 6)
     bench["runtimes"] = ["onnx"]
     bench["server"] = {"workers": 1, "threads": 1}  # one core per host
-    first = hosts[0]
-    bench["host"] = {
-        "provisioner": "ssh",
-        "parallel": 2,
-        "ssh": {
-            "key_path": str(first.key_path),
-            "known_hosts": str(first.known_hosts_path),
-            "host_key_policy": "pinned",
-            "connect_timeout_s": 5,
-            "hosts": host_entries(hosts)[:using],
-        },
-    }
+    host = ssh_hosts_config(hosts, one_core_each=True)
+    host["ssh"]["hosts"] = host["ssh"]["hosts"][:using]
+    bench["host"] = {**host, "parallel": 2}
     path.write_text(json.dumps(bench, indent=2) + "\n")
 
 

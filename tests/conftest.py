@@ -103,23 +103,12 @@ def test_host_support() -> None:
 def test_hosts(test_host_support: None, tmp_path: Path) -> Iterator[Callable[..., list]]:
     """A factory of test hosts (tests/testhost.py): `make(n=1) -> list[TestHost]`, each a
     network namespace with its own address, sshd and dockerd; all destroyed at teardown."""
-    from tests.testhost import TestHost, create_test_host, free_index
+    from tests.testhost import TestHost, create_test_hosts
 
     made: list[TestHost] = []
 
     def make(n: int = 1) -> list[TestHost]:
-        hosts: list[TestHost] = []
-        for _ in range(n):
-            index = free_index()
-            while True:
-                try:
-                    host = create_test_host(tmp_path / f"th{index}", index)
-                    break
-                except FileExistsError:  # taken by a concurrent session meanwhile
-                    index = free_index(index + 1)
-            made.append(host)
-            hosts.append(host)
-        return hosts
+        return create_test_hosts(tmp_path, n, made)
 
     yield make
     for host in reversed(made):

@@ -61,6 +61,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -666,6 +667,56 @@ def sweep_test_hosts() -> list[str]:
         ):
             _del_link(link.name)
     return removed
+
+
+def create_test_hosts(work_dir: Path, n: int, made: list[TestHost]) -> list[TestHost]:
+    """`n` new test hosts under `work_dir/th<index>` at free indexes (a concurrent session
+    may take an index between the look and the make: then the next is tried). Each is added
+    to `made` as soon as it exists, so that the caller destroys what was made on a failure."""
+    hosts: list[TestHost] = []
+    index = 0
+    for _ in range(n):
+        index = free_index(index + 1)
+        while True:
+            try:
+                host = create_test_host(work_dir / f"th{index}", index)
+                break
+            except FileExistsError:
+                index = free_index(index + 1)
+        made.append(host)
+        hosts.append(host)
+    return hosts
+
+
+def ssh_hosts_config(hosts: list[TestHost], *, one_core_each: bool = False) -> dict[str, Any]:
+    """benchmark.yaml's `host:` section for the ssh provisioner over `hosts` (named th1,
+    th2, ...), as many benchmarking at once as there are hosts; each host's lock in its own
+    folder (test hosts share this machine's file system). `one_core_each`: host i runs its
+    server and client on core i, so that no two hosts share a core."""
+    entries = []
+    for i, host in enumerate(hosts):
+        entry: dict[str, Any] = {
+            "name": f"th{i + 1}",
+            "address": host.address,
+            "user": host.user,
+            "docker_socket": str(host.docker_socket),
+            "lock_path": str(host.work_dir / "embench.lock"),
+            # each test host has its own client key and pins its own host key
+            "key_path": str(host.key_path),
+            "known_hosts": str(host.known_hosts_path),
+        }
+        if one_core_each:
+            entry.update(server_cpuset=str(i), client_cpuset=str(i))
+        entries.append(entry)
+    return {
+        "provisioner": "ssh",
+        "parallel": len(hosts),
+        "ssh": {
+            "host_key_policy": "pinned",
+            "connect_timeout_s": 3,
+            "hosts": entries,
+        },
+    }
 
 
 def free_index(start: int = 1) -> int:

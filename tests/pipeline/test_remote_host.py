@@ -17,32 +17,18 @@ import pytest
 
 from client.result import load_result
 from tests.pipeline.test_pipeline_e2e import stored_runs
+from tests.testhost import ssh_hosts_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 SCENARIOS = "closed-c1"
 
 
 def ssh_host_config(host, **extra) -> dict:
-    """benchmark.yaml's `host:` for the ssh provisioner with one test host."""
-    return {
-        "provisioner": "ssh",
-        "ssh": {
-            "key_path": str(host.key_path),
-            "known_hosts": str(host.known_hosts_path),
-            "host_key_policy": "pinned",
-            "lock_path": str(host.work_dir / "embench.lock"),
-            "connect_timeout_s": 3,
-            "hosts": [
-                {
-                    "name": "th1",
-                    "address": host.address,
-                    "user": host.user,
-                    "docker_socket": str(host.docker_socket),
-                    **extra,
-                }
-            ],
-        },
-    }
+    """benchmark.yaml's `host:` for the ssh provisioner with one test host (th1), its entry
+    updated with `extra`."""
+    config = ssh_hosts_config([host])
+    config["ssh"]["hosts"][0].update(extra)
+    return config
 
 
 def host_containers(host) -> list[str]:
@@ -127,28 +113,6 @@ def test_an_unreachable_host_fails_at_once_and_clearly(embench_run, pg_database,
     assert "provision_host" in run.output
 
 
-def two_hosts_config(first, second) -> dict:
-    """benchmark.yaml's `host:` with two test hosts (th1, th2), both benchmarking at once;
-    each host's lock in its own folder (test hosts share this machine's file system)."""
-    config = ssh_host_config(first)
-    entries = []
-    for index, (name, host) in enumerate((("th1", first), ("th2", second))):
-        entries.append(
-            {
-                "name": name,
-                "address": host.address,
-                "user": host.user,
-                "docker_socket": str(host.docker_socket),
-                "lock_path": str(host.work_dir / "embench.lock"),
-                # one core each: the two hosts never share one (this machine has two)
-                "server_cpuset": str(index),
-                "client_cpuset": str(index),
-            }
-        )
-    config["ssh"]["hosts"] = entries
-    return {**config, "parallel": 2}
-
-
 def test_a_host_that_cannot_be_provisioned_fails_its_share_and_the_other_host_measures(
     embench_run, pg_database, test_hosts
 ):
@@ -164,7 +128,7 @@ def test_a_host_that_cannot_be_provisioned_fails_its_share_and_the_other_host_me
         "--scenarios",
         SCENARIOS,
         db_url=db_url,
-        host=two_hosts_config(good, bad),
+        host=ssh_hosts_config([good, bad], one_core_each=True),
     )
     assert run.returncode != 0, run.output[-6000:]
     stored = stored_runs(db_url, run.run_id())

@@ -4,6 +4,7 @@ deployment is always stopped and the databases always dropped, whether the test 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from tests.stack.helpers import (  # noqa: E402
     AirflowStack,
     write_short_config,
 )
+from tests.testhost import TestHost, create_test_hosts, ssh_hosts_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -71,21 +73,48 @@ def airflow_stack(
 
 
 @pytest.fixture(scope="module")
+def stack_test_hosts(
+    test_host_support: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[TestHost]]:
+    """Two test hosts (tests/testhost.py) for the module's stack; destroyed at its end."""
+    made: list[TestHost] = []
+    try:
+        yield create_test_hosts(tmp_path_factory.mktemp("stack-hosts"), 2, made)
+    finally:
+        for host in reversed(made):
+            host.destroy()
+
+
+@pytest.fixture(scope="module")
+def celery_config_dir(tmp_path_factory: pytest.TempPathFactory, stack_test_hosts: list) -> Path:
+    """The short config on the ssh provisioner over both test hosts, benchmarking at once
+    (host.parallel 2), each on a core of its own."""
+    directory = write_short_config(tmp_path_factory.mktemp("celery-config"))
+    path = directory / "benchmark.yaml"
+    bench = json.loads(path.read_text())
+    bench["host"] = ssh_hosts_config(stack_test_hosts, one_core_each=True)
+    bench["server"] = {"workers": 1, "threads": 1}  # one core per host
+    path.write_text(json.dumps(bench, indent=2) + "\n")
+    return directory
+
+
+@pytest.fixture(scope="module")
 def celery_stack(
     tmp_path_factory: pytest.TempPathFactory,
     pg_databases: dict[str, str],
-    stack_config_dir: Path,
+    celery_config_dir: Path,
     warm_cache: Path,
 ) -> Iterator[AirflowStack]:
-    """The same deployment on the CeleryExecutor: this machine's Redis as the broker (the
-    stack's own queue and key prefix), the metadata database as the result backend, and two
-    Celery workers (worker-1, worker-2) consuming the stack's queue, all running and ready."""
+    """The deployment on the CeleryExecutor against two test hosts: this machine's Redis as
+    the broker (the stack's own queue and key prefix), the metadata database as the result
+    backend, and two Celery workers (worker-1, worker-2) consuming the stack's queue, all
+    running and ready."""
     _require_redis(REDIS_URL)
     root = tmp_path_factory.mktemp("celery-stack")
     stack = AirflowStack(
         home=root / "airflow-home",
         metadata_url=pg_databases["metadata"],
-        extra_env=_pipeline_env(root, pg_databases, stack_config_dir, warm_cache),
+        extra_env=_pipeline_env(root, pg_databases, celery_config_dir, warm_cache),
         executor=CELERY,
         workers=2,
         parallelism=4,
