@@ -112,22 +112,15 @@ class Resources:
 
 
 def write_config(directory: Path, hosts: list[Any], using: int, seconds: float) -> None:
-    """The stack's short config, on the ssh provisioner with `using` of the hosts listed
+    """The stack's short config on the ssh provisioner with `using` of the hosts listed
     (host.parallel stays 2: the DAG keeps its two lanes; with one host listed the second
     lane has nothing to do). The tasks read it afresh each time they run."""
     from tests.stack.helpers import write_short_config
-    from tests.testhost import ssh_hosts_config
 
-    write_short_config(directory)
+    write_short_config(directory, hosts, seconds)
     path = directory / "benchmark.yaml"
     bench = json.loads(path.read_text())
-    for scenario in bench["scenarios"]:
-        scenario.update(min_requests=40, min_duration_s=seconds, max_duration_s=seconds + 6)
-    bench["runtimes"] = ["onnx"]
-    bench["server"] = {"workers": 1, "threads": 1}  # one core per host
-    host = ssh_hosts_config(hosts, one_core_each=True)
-    host["ssh"]["hosts"] = host["ssh"]["hosts"][:using]
-    bench["host"] = {**host, "parallel": 2}
+    bench["host"]["ssh"]["hosts"] = bench["host"]["ssh"]["hosts"][:using]
     path.write_text(json.dumps(bench, indent=2) + "\n")
 
 

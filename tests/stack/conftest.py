@@ -4,7 +4,6 @@ deployment is always stopped and the databases always dropped, whether the test 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from tests.stack.helpers import (  # noqa: E402
     AirflowStack,
     write_short_config,
 )
-from tests.testhost import TestHost, create_test_hosts, ssh_hosts_config  # noqa: E402
+from tests.testhost import TestHost, create_test_hosts  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +88,7 @@ def stack_test_hosts(
 def celery_config_dir(tmp_path_factory: pytest.TempPathFactory, stack_test_hosts: list) -> Path:
     """The short config on the ssh provisioner over both test hosts, benchmarking at once
     (host.parallel 2), each on a core of its own."""
-    directory = write_short_config(tmp_path_factory.mktemp("celery-config"))
-    path = directory / "benchmark.yaml"
-    bench = json.loads(path.read_text())
-    bench["host"] = ssh_hosts_config(stack_test_hosts, one_core_each=True)
-    bench["server"] = {"workers": 1, "threads": 1}  # one core per host
-    path.write_text(json.dumps(bench, indent=2) + "\n")
-    return directory
+    return write_short_config(tmp_path_factory.mktemp("celery-config"), stack_test_hosts)
 
 
 @pytest.fixture(scope="module")

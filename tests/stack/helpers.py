@@ -66,11 +66,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def write_short_config(directory: Path) -> Path:
-    """config/models.yaml as is; a benchmark.yaml whose scenarios take a second or two."""
+def write_short_config(
+    directory: Path, hosts: list[Any] | None = None, scenario_seconds: float = 1.0
+) -> Path:
+    """config/models.yaml as is; a benchmark.yaml whose scenarios take about
+    `scenario_seconds`. With test `hosts` (tests/testhost.py): the ssh provisioner over all
+    of them at once, each host on a core of its own with a server of 1 worker x 1 thread."""
     directory.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO_ROOT / "config" / "models.yaml", directory / "models.yaml")
-    scenario = {"min_requests": 20, "min_duration_s": 1, "max_duration_s": 5}
+    scenario = {
+        "min_requests": 20,
+        "min_duration_s": scenario_seconds,
+        "max_duration_s": scenario_seconds + 4,
+    }
     benchmark = {
         # Unpausing a DAG whose schedule has fired since its start_date makes the scheduler
         # start that (catchup=False: the latest) nightly run at once, ahead of the triggered
@@ -107,6 +115,11 @@ def write_short_config(directory: Path) -> Path:
             },
         ],
     }
+    if hosts:
+        from tests.testhost import ssh_hosts_config
+
+        benchmark["host"] = ssh_hosts_config(hosts, one_core_each=True)
+        benchmark["server"] = {"workers": 1, "threads": 1}  # one core per host
     # JSON is YAML: no YAML writer needed.
     (directory / "benchmark.yaml").write_text(json.dumps(benchmark, indent=2) + "\n")
     return directory

@@ -42,6 +42,19 @@ def stub_user() -> dict[str, Any]:
     return {"username": "test"}
 
 
+def report_data(url: str, run: str) -> Any:
+    """The report of one pipeline run (embench.report.collect) from the store at `url`."""
+    from embench.report import collect, resolve_ingest_keys
+    from embench.store.db import session_scope
+
+    engine = make_engine(url)
+    with session_scope(engine) as session:
+        keys, title = resolve_ingest_keys(session, run)
+        data = collect(session, keys, title)
+    engine.dispose()
+    return data
+
+
 def authenticated_app(url: str) -> FastAPI:
     app = create_app(read_only_engine(url))
     app.dependency_overrides[require_user] = stub_user

@@ -13,12 +13,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from embench.cost import PRICE_LABEL, PRICE_SOURCE_LABEL, HostPrice, price_labels
-from embench.report import collect, markdown, resolve_ingest_keys
-from embench.store.db import make_engine, session_scope, upgrade_to_head
+from embench.report import markdown
+from embench.store.db import make_engine, upgrade_to_head
 from embench.store.ingest import ingest_result
 from tests.store.factory import MODEL, run_result
 from tests.ui import browser
-from tests.ui.conftest import authenticated_app
+from tests.ui.conftest import authenticated_app, report_data
 
 DAG_RUN = "scheduled__night-0"
 SOURCE = "prices.yaml: https://example.org/prices (as of 2026-07-21)"
@@ -62,12 +62,7 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def report_of(url: str) -> Any:
-    engine = make_engine(url)
-    with session_scope(engine) as session:
-        keys, title = resolve_ingest_keys(session, DAG_RUN)
-        data = collect(session, keys, title)
-    engine.dispose()
-    return data
+    return report_data(url, DAG_RUN)
 
 
 def test_each_priced_row_carries_its_cost(stored: str) -> None:

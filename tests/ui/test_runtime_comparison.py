@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from embench.report import collect, markdown, resolve_ingest_keys
+from embench.report import markdown
 from embench.runtime_comparison import compare_runtimes
-from embench.store.db import make_engine, session_scope, upgrade_to_head
+from embench.store.db import make_engine, upgrade_to_head
 from embench.store.ingest import ingest_result
 from tests.store.factory import MODEL, run_result
 from tests.ui import browser
-from tests.ui.conftest import authenticated_app
+from tests.ui.conftest import authenticated_app, report_data
 
 DAG_RUN = "scheduled__night-0"
 # (runtime, variant): QPS and p99 of both closed scenarios; torch fp32 is the reference
@@ -48,12 +48,7 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def comparison_of(url: str) -> Any:
-    engine = make_engine(url)
-    with session_scope(engine) as session:
-        keys, title = resolve_ingest_keys(session, DAG_RUN)
-        data = collect(session, keys, title)
-    engine.dispose()
-    return data
+    return report_data(url, DAG_RUN)
 
 
 def test_each_target_is_put_against_pytorch_fp32_of_the_same_run(stored: str) -> None:
