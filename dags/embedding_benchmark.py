@@ -4,15 +4,19 @@
 Per model, runtime and variant: prepare the model (ONNX export, optimization, int8; OpenVINO
 conversion, bf16, int8; the PyTorch model itself; a parity gate for each), start the inference
 server (with its settings tuned for the host, when autotune is on), drive it with the load
-client, stop it, store the results,
-judge them against their history. The host is provisioned first and released last.
+client, stop it, store the results, judge them against their history. Each host is
+provisioned first and released last; with `host.parallel` (and the ec2 `instance_types`
+axis) several hosts run their share of the plan at once, one benchmark at a time each (a
+pool of one per host). Slot N > 0's tasks carry the suffix `_N`.
 
     plan -> provision_host (setup)
-         -> benchmark[model x runtime x variant x repetition]:
+         -> benchmark[its share of model x runtime x variant x repetition]:
               prepare_model -> ship_to_host -> tune_server (per host, cached)
                             -> start_server (setup) -> run_benchmark
                             -> stop_server (teardown) -> store_results
-         -> release_host (teardown) -> detect_regressions (repetitions pooled) -> report
+         -> release_host (teardown)
+    (every host) -> detect_regressions (repetitions pooled) -> report (incl. what was not
+                    measured, and why)
 
 Trigger it from the UI with the form (models, runtimes, variants, scenarios, repetitions,
 provisioner, launcher, fail on regression, autotune) or let it run nightly. Settings:
@@ -44,8 +48,6 @@ RETRY: dict[str, Any] = {
 }
 # A teardown must not give up easily: what it leaves behind costs money or skews results.
 TEARDOWN_RETRY: dict[str, Any] = {**RETRY, "retries": 4}
-# On a host (its slot's pool of one), higher runs first: finish one benchmark before the
-# next server starts, so that no server warms up while another is measured.
 
 
 def ctx() -> steps.RunContext:
@@ -156,6 +158,8 @@ def embedding_benchmark() -> None:
 
     def slot_lane(slot: host_slots.HostSlot, targets: Any) -> tuple[Any, Any]:
         """The host of one slot and the benchmark groups it runs, one at a time (its pool)."""
+        # On the host (its slot's pool of one), higher runs first: finish one benchmark before
+        # the next server starts, so that no server warms up while another is measured.
         on_host = {"pool": slot.pool, "weight_rule": "absolute"}
         host = provision_host.override(task_id=f"provision_host{slot.suffix}")(slot.index)
 

@@ -182,12 +182,14 @@ class DockerSite:
 
         local = docker_api(LocalProvisioner(self.config.benchmark.host.docker_url).docker_url)
         try:
-            local_id = local.inspect_image(image)["Id"]
+            local_image = local.inspect_image(image)
         except NotFound:
             raise EmbenchError(
                 f"the image {image!r} is not on this worker's Docker daemon, so it cannot be "
                 "shipped; build it with scripts/docker/build_images.sh"
             ) from None
+        local_id = local_image["Id"]
+        self._require_architecture(image, str(local_image.get("Architecture") or "?"))
         try:
             if self.cli.inspect_image(image)["Id"] == local_id:
                 return "present"
@@ -202,6 +204,21 @@ class DockerSite:
             "shipped image %s to %s in %.1f s", image, self.host.name, time.monotonic() - started
         )
         return f"shipped in {time.monotonic() - started:.1f} s"
+
+    def _require_architecture(self, image: str, built_for: str) -> None:
+        """An image runs on the host's CPU architecture or not at all (an amd64 build on a
+        Graviton instance fails with "exec format error" at the server's start): say so
+        before shipping it."""
+        host_arch = str(self.cli.version().get("Arch") or "?")
+        if built_for != host_arch:
+            instance = self.host.instance_type or "its instance type"
+            raise EmbenchError(
+                f"the image {image!r} is built for {built_for}, but host {self.host.name} "
+                f"({instance}) runs {host_arch}: no {host_arch} build of it is on this "
+                f"worker. Build the images for {host_arch} (scripts/docker/build_images.sh "
+                f"on a {host_arch} machine, or `docker buildx build --platform "
+                f"linux/{host_arch}`) and load them here under the same tags"
+            )
 
     def _ship_model(self, prepared: dict[str, Any]) -> str:
         volume = model_volume(prepared)
