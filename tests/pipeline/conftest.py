@@ -21,7 +21,8 @@ def write_short_config(
     """The shipped config with scenarios shortened to about `scenario_seconds` each (and,
     given, benchmark.yaml's `host:` section)."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "models.yaml").write_text((REPO_ROOT / "config" / "models.yaml").read_text())
+    for name in ("models.yaml", "prices.yaml"):
+        (directory / name).write_text((REPO_ROOT / "config" / name).read_text())
     bench = yaml.safe_load((REPO_ROOT / "config" / "benchmark.yaml").read_text())
     # one model and one runtime unless a test names others (--models, --runtimes)
     bench["models"] = ["all-minilm-l6-v2"]

@@ -169,3 +169,52 @@ def test_an_unreachable_host_at_teardown_is_still_terminated(
     steps.release_host(provisioned, ctx, app)  # must not raise, must terminate
     assert live_instances(ec2) == []
     assert time.monotonic() - started < 120
+
+
+def test_each_instance_type_of_the_axis_gets_its_own_host_priced_from_the_table(
+    ec2, ec2_test_host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """host.ec2.instance_types [c7i.large, c7g.large]: the plan puts the target on each type,
+    each slot launches its own type, and the result labels carry the type (part of the
+    history key) and its price from config/prices.yaml with the price's source."""
+    _, config = ec2_test_host
+    config["ec2"]["instance_types"] = ["c7i.large", "c7g.large"]
+    config_dir = write_short_config(tmp_path / "config", 1.0, config)
+    monkeypatch.setenv("EMBENCH_DATA_DIR", str(tmp_path / "data"))
+    app = load_config(config_dir)
+    run_id = f"manual__{uuid.uuid4().hex[:8]}"
+    params = {
+        "models": ["all-minilm-l6-v2"],
+        "runtimes": ["onnx"],
+        "variants": ["fp32"],
+        "provisioner": "ec2",
+    }
+    planned = steps.plan_targets(params, app)
+    assert [(t["instance_type"], t["host_slot"]) for t in planned] == [
+        ("c7i.large", 0),
+        ("c7g.large", 1),
+    ]
+    provisioned = []
+    try:
+        for slot in (0, 1):
+            ctx = steps.RunContext("embedding_benchmark", run_id, host_slot=slot)
+            provisioned.append(
+                steps.provision_host(params, slot, ctx, app, lambda dag_id, run_id: True)
+            )
+        launched = {
+            i["InstanceId"]: i["InstanceType"]
+            for r in ec2.describe_instances()["Reservations"]
+            for i in r["Instances"]
+        }
+        first, second = provisioned
+        assert launched[first["host"]["instance_id"]] == "c7i.large"
+        assert launched[second["host"]["instance_id"]] == "c7g.large"
+        labels = steps.host_labels(second, app)
+        assert labels["instance_type"] == "c7g.large"
+        assert labels["price_usd_per_hour"] == "0.0725"
+        assert labels["price_source"].startswith("prices.yaml: https://github.com/scttfrdmn/")
+    finally:
+        for slot, done in enumerate(provisioned):
+            ctx = steps.RunContext("embedding_benchmark", run_id, host_slot=slot)
+            steps.release_host(done, ctx, app)
+    assert live_instances(ec2) == []

@@ -73,7 +73,8 @@ def write_short_config(
     `scenario_seconds`. With test `hosts` (tests/testhost.py): the ssh provisioner over all
     of them at once, each host on a core of its own with a server of 1 worker x 1 thread."""
     directory.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO_ROOT / "config" / "models.yaml", directory / "models.yaml")
+    for name in ("models.yaml", "prices.yaml"):
+        shutil.copy(REPO_ROOT / "config" / name, directory / name)
     scenario = {
         "min_requests": 20,
         "min_duration_s": scenario_seconds,
