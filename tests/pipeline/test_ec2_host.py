@@ -218,3 +218,49 @@ def test_each_instance_type_of_the_axis_gets_its_own_host_priced_from_the_table(
             ctx = steps.RunContext("embedding_benchmark", run_id, host_slot=slot)
             steps.release_host(done, ctx, app)
     assert live_instances(ec2) == []
+
+
+def test_an_instance_type_that_never_becomes_a_host_fails_its_share_only(
+    ec2, ec2_test_host, test_hosts, embench_run, pg_database, monkeypatch: pytest.MonkeyPatch
+):
+    """Two instance types, two hosts at once; every c7g.large instance comes up at an address
+    that never answers (a blocked test host), so that slot's provisioning fails on every try
+    (each try's instance terminated). The c7i.large share is measured and stored, the run
+    ends failed, and its report names the target it never measured and why."""
+    from moto.ec2.models.instances import Instance
+
+    host, config = ec2_test_host
+    (dead,) = test_hosts(1)
+    dead.block()
+    on_the_test_host = Instance.__init__
+
+    def graviton_never_answers(self: Any, *args: Any, **kwargs: Any) -> None:
+        on_the_test_host(self, *args, **kwargs)
+        if self.instance_type == "c7g.large":
+            self.nics[0].private_ip_address = dead.address
+
+    monkeypatch.setattr(Instance, "__init__", graviton_never_answers)
+    config["ec2"].update(instance_types=["c7i.large", "c7g.large"], ready_timeout_s=10.0)
+    db_url = pg_database()
+    run = embench_run(
+        "--variants", "fp32", "--scenarios", "closed-c1", db_url=db_url, host=config
+    )  # fmt: skip
+    assert run.returncode != 0, run.output[-6000:]
+    assert stored_runs(db_url, run.run_id()) == [("onnx", "fp32", 0, ["closed-c1"])]
+    (report,) = (run.data_dir / "runs").rglob("report.md")
+    text = report.read_text()
+    (line,) = [row for row in text.splitlines() if row.startswith("| all-minilm-l6-v2/onnx/fp32")]
+    assert "| 1 (c7g.large) |" in line, line
+    assert "its host (slot 1) could not be provisioned: EmbenchError: ec2: instance" in line
+    # the measured share is priced from the table: its cost per million embeddings
+    assert "onnx/fp32 on c7i.large" in text and "| 0.0893 |" in text
+    launched = [
+        (i["InstanceType"], i["State"]["Name"])
+        for r in ec2.describe_instances()["Reservations"]
+        for i in r["Instances"]
+    ]
+    assert ("c7i.large", "terminated") in launched
+    assert [s for t, s in launched if t == "c7g.large"] == ["terminated"] * 3  # one per try
+    assert live_instances(ec2) == []
+    assert host_containers(host) == []
+    print(f"\n{summary_line(run.output)}\nnot measured: {line}\ninstances: {launched}")

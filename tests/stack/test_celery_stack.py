@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import collections
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+from client.result import load_result
 from embench.store.db import make_engine, session_scope
 from embench.store.models import Run, ScenarioRow
 from embench.store.queries import dag_run_ingest_keys
@@ -102,6 +104,15 @@ def test_two_workers_run_the_plan_over_two_hosts_at_once(
     ]
     hosts_left_clean(stack_test_hosts)
     assert stack.benchmark_servers() == []
+    # each host ran its server on its own core (its server_cpuset), never the other's
+    results = sorted(Path(stack.extra_env["EMBENCH_DATA_DIR"]).rglob("result.json"))
+    cores = {}
+    for path in results:
+        result = load_result(path)
+        if result.metadata.labels.get("run_id") == run_id:
+            assert result.host_probe is not None
+            cores[result.metadata.labels["host"]] = result.host_probe.cpuset
+    assert cores == {"th1": "0", "th2": "1"}, cores
 
 
 def test_a_worker_killed_mid_benchmark_is_retried_on_the_other_and_hosts_are_released(
