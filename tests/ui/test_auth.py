@@ -33,6 +33,7 @@ out = {
     "api_anonymous": anonymous.get("/benchmarks/api/runs").status_code,
     "report_anonymous": anonymous.get("/benchmarks/api/report?run=x").status_code,
     "plotly_anonymous": anonymous.get("/benchmarks/static/plotly.min.js").status_code,
+    "openapi_anonymous": anonymous.get("/benchmarks/api/openapi.json").status_code,
     "api_bad_token": anonymous.get(
         "/benchmarks/api/runs", headers={"Authorization": "Bearer not-a-jwt"}
     ).status_code,
@@ -43,6 +44,14 @@ page = anonymous.get(
 out["page_anonymous"] = [page.status_code, page.headers.get("location")]
 runs = anonymous.get("/benchmarks/api/runs", headers=bearer)
 out["api_bearer"] = [runs.status_code, len(runs.json()) if runs.status_code == 200 else None]
+schema = anonymous.get("/benchmarks/api/openapi.json", headers=bearer)
+out["openapi_bearer"] = [
+    schema.status_code,
+    "/api/runs" in schema.json().get("paths", {}) if schema.status_code == 200 else None,
+]
+out["docs_bearer"] = [
+    anonymous.get(f"/benchmarks/{p}", headers=bearer).status_code for p in ("docs", "redoc")
+]
 cookie = TestClient(app)
 cookie.cookies.set("_token", token)
 page = cookie.get("/benchmarks/", headers={"accept": "text/html"})
@@ -81,6 +90,9 @@ def test_plugin_pages_and_api_need_an_airflow_login(tmp_path: Path, history: His
     assert out["api_anonymous"] == 401
     assert out["report_anonymous"] == 401
     assert out["plotly_anonymous"] == 401
+    assert out["openapi_anonymous"] == 401  # like every route (issue 17)
+    assert out["openapi_bearer"] == [200, True]
+    assert out["docs_bearer"] == [404, 404]  # no Swagger UI or ReDoc served
     assert out["api_bad_token"] == 403
     status, location = out["page_anonymous"]
     assert status == 303 and location.startswith("/auth/login?next=")

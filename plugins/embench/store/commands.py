@@ -16,6 +16,14 @@ from sqlalchemy.engine import Engine
 
 from embench.console import stdout
 from embench.errors import EmbenchError
+from embench.store.limits import (
+    HISTORY_LIMIT_DEFAULT,
+    HISTORY_LIMIT_MAX,
+    RUNS_LIMIT_DEFAULT,
+    RUNS_LIMIT_MAX,
+    Page,
+    parse_limit,
+)
 
 
 def add_store_commands(commands: Any) -> None:
@@ -35,7 +43,12 @@ def add_store_commands(commands: Any) -> None:
     history.add_argument("--metric", default="p99_ms")
     history.add_argument("--since", type=_date, help="ISO date or time (UTC)")
     history.add_argument("--until", type=_date)
-    history.add_argument("--limit", type=int, help="the newest N points")
+    history.add_argument(
+        "--limit",
+        type=_limit(HISTORY_LIMIT_MAX),
+        default=HISTORY_LIMIT_DEFAULT,
+        help=f"the newest N points (default {HISTORY_LIMIT_DEFAULT}, at most {HISTORY_LIMIT_MAX})",
+    )
     _common(history)
     history.set_defaults(handler=cmd_history)
 
@@ -47,7 +60,12 @@ def add_store_commands(commands: Any) -> None:
 
     runs = commands.add_parser("runs", help="list stored runs")
     _filters(runs)
-    runs.add_argument("--limit", type=int, default=50)
+    runs.add_argument(
+        "--limit",
+        type=_limit(RUNS_LIMIT_MAX),
+        default=RUNS_LIMIT_DEFAULT,
+        help=f"the newest N runs (default {RUNS_LIMIT_DEFAULT}, at most {RUNS_LIMIT_MAX})",
+    )
     _common(runs)
     runs.set_defaults(handler=cmd_runs)
 
@@ -118,6 +136,26 @@ def _date(value: str) -> datetime:
         return datetime.fromisoformat(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not an ISO date or time: {value!r}") from exc
+
+
+def _limit(maximum: int) -> Any:
+    def parse(value: str) -> int:
+        try:
+            return parse_limit(value, maximum)
+        except EmbenchError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix("limit: ")) from exc
+
+    return parse
+
+
+def _note_truncated(page: Page, what: str, narrow: str) -> None:
+    """Say on stderr (stdout stays the rows, JSON or a table) that older rows were left off."""
+    if page.truncated:
+        print(
+            f"embench: the newest {page.limit} {what} shown; older ones were left off "
+            f"(raise --limit or narrow {narrow})",
+            file=sys.stderr,
+        )
 
 
 def _engine(args: argparse.Namespace) -> Engine:
@@ -198,10 +236,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     from embench.store.db import session_scope
-    from embench.store.queries import metric_history
+    from embench.store.queries import recent_history
 
     with session_scope(_engine(args)) as session:
-        points = metric_history(
+        page = recent_history(
             session,
             args.metric,
             model=args.model,
@@ -214,7 +252,8 @@ def cmd_history(args: argparse.Namespace) -> int:
             limit=args.limit,
         )
     columns = ["time", "value", "variant", "runtime", "scenario", "valid", "verdict", "run_id"]
-    _show(args, points, f"{args.model}: {args.metric}", columns)
+    _show(args, page.rows, f"{args.model}: {args.metric}", columns)
+    _note_truncated(page, "points", "--since/--until")
     return 0
 
 
@@ -243,12 +282,13 @@ def _pct(value: float | None) -> str | None:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from embench.store.db import session_scope
-    from embench.store.queries import list_runs
+    from embench.store.queries import recent_runs
 
     with session_scope(_engine(args)) as session:
-        runs = list_runs(session, _run_filter(args), limit=args.limit)
+        page = recent_runs(session, _run_filter(args), limit=args.limit)
     columns = ["started_at", "doc_run_id", "model", "variant", "runtime", "status"]
-    _show(args, runs, "runs", [*columns, "scenarios", "regressions"])
+    _show(args, page.rows, "runs", [*columns, "scenarios", "regressions"])
+    _note_truncated(page, "runs", "the filters")
     return 0
 
 

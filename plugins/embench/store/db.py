@@ -142,8 +142,65 @@ def alembic_config(engine: Engine) -> Any:
     return config
 
 
+MIGRATION_LOCK_TIMEOUT_S = 600.0
+
+
+def migration_lock_path(engine: Engine) -> Path | None:
+    """The lock file beside an SQLite database file (`results.db.migrate.lock`); None for an
+    in-memory database or another dialect (PostgreSQL upgrades take an advisory lock in
+    migrations/env.py)."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    if url.database.startswith("file:"):  # a URI filename: no plain path to put a lock beside
+        return None
+    return Path(url.database).with_name(Path(url.database).name + ".migrate.lock")
+
+
+@contextmanager
+def migration_lock(engine: Engine, timeout_s: float = MIGRATION_LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Serialize migrations of one SQLite file across processes: an exclusive fcntl lock on
+    a file beside it, held for the whole upgrade. SQLite runs DDL outside the driver's
+    transactions, so two processes creating the schema of one new file at once would
+    otherwise both see it empty and one fail half way ("table ... already exists"). The
+    lock is released when the holder ends, however it ends; the lock file stays (removing
+    it would let a third process lock a different file)."""
+    path = migration_lock_path(engine)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock (SQLite is for one machine)
+        fcntl = None  # type: ignore[assignment]
+    if path is None or fcntl is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        handle = path.open("a")
+    except OSError as exc:
+        raise EmbenchError(f"migrate: cannot open the migration lock {path}: {exc}") from exc
+    with handle:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise EmbenchError(
+                        f"migrate: another process has held the migration lock {path} for "
+                        f"over {timeout_s:.0f} s"
+                    ) from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 def upgrade_to_head(engine: Engine) -> None:
-    """Bring the database to the latest migration; a no-op when it is there already."""
+    """Bring the database to the latest migration; a no-op when it is there already.
+    Concurrent upgrades of one database wait for each other (SQLite: migration_lock;
+    PostgreSQL: an advisory lock), so each finds the schema at head or brings it there."""
     from alembic import command
 
     config = alembic_config(engine)
@@ -155,7 +212,8 @@ def upgrade_to_head(engine: Engine) -> None:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 
-    with_retries(engine, "migrate", upgrade)
+    with migration_lock(engine):
+        with_retries(engine, "migrate", upgrade)
 
 
 def current_revision(engine: Engine) -> str | None:

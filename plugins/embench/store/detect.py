@@ -654,6 +654,20 @@ def night_verdicts(session: Session, run_pk: int) -> list[dict[str, Any]]:
     )
 
 
+# The widest key either database stores (a 64-bit signed integer).
+MAX_RUN_NUMBER = 2**63 - 1
+
+
+def run_number(text: str) -> int | None:
+    """`text` as a run number, else None: ASCII digits only (str.isdigit() also accepts
+    superscripts, which int() refuses, and other scripts' digits, which a run number written
+    anywhere in this project never uses), no sign, at most MAX_RUN_NUMBER."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    number = int(text)
+    return number if number <= MAX_RUN_NUMBER else None
+
+
 def resolve_run(session: Session, run: str | int) -> int:
     """The primary key of a run named by ingest key, document run_id, or number."""
     text = str(run)
@@ -663,8 +677,8 @@ def resolve_run(session: Session, run: str | int) -> int:
         ).first()
         if found is not None:
             return found
-    if text.isdigit():
-        found = session.scalar(sa.select(Run.id).where(Run.id == int(text)))
+    if (number := run_number(text)) is not None:
+        found = session.scalar(sa.select(Run.id).where(Run.id == number))
         if found is not None:
             return found
     raise EmbenchError(f"no stored run {text!r} (give an ingest key, a run_id or a run number)")

@@ -16,6 +16,14 @@ from sqlalchemy.orm import Session
 from embench.cost import run_costs, scenario_costs
 from embench.store.detect import INTERVALS, metric_column, resolve_run, stored_verdicts
 from embench.store.ingest import utc
+from embench.store.limits import (
+    HISTORY_LIMIT_DEFAULT,
+    HISTORY_LIMIT_MAX,
+    RUNS_LIMIT_DEFAULT,
+    RUNS_LIMIT_MAX,
+    Page,
+    check_limit,
+)
 from embench.store.models import NUMERIC_FIELDS, SCALAR_FIELDS, Run, ScenarioRow, VerdictRow
 
 # The comparison table: variant/runtime x scenario -> these figures.
@@ -120,6 +128,27 @@ def list_runs(
         {**_run_dict(run), "scenarios": n, "regressions": r}
         for run, n, r in session.execute(stmt).all()
     ]
+
+
+def recent_runs(
+    session: Session, filters: RunFilter = RunFilter(), limit: int = RUNS_LIMIT_DEFAULT
+) -> Page:
+    """list_runs, newest first, at most `limit` (1..RUNS_LIMIT_MAX), saying whether older
+    runs were left off."""
+    check_limit(limit, RUNS_LIMIT_MAX)
+    rows = list_runs(session, filters, limit + 1)
+    return Page(rows[:limit], limit, len(rows) > limit)
+
+
+def recent_history(
+    session: Session, metric: str, *, limit: int = HISTORY_LIMIT_DEFAULT, **filters: Any
+) -> Page:
+    """metric_history's newest `limit` points (1..HISTORY_LIMIT_MAX; still oldest first, as
+    a chart draws them), saying whether older points were left off."""
+    check_limit(limit, HISTORY_LIMIT_MAX)
+    points = metric_history(session, metric, limit=limit + 1, **filters)
+    truncated = len(points) > limit
+    return Page(points[1:] if truncated else points, limit, truncated)
 
 
 def metric_history(
@@ -436,11 +465,19 @@ def export_csv(session: Session, out: IO[str], filters: RunFilter = RunFilter())
 __all__ = [
     "COMPARE_METRICS",
     "COMPARISON_METRICS",
+    "HISTORY_LIMIT_DEFAULT",
+    "HISTORY_LIMIT_MAX",
     "NUMERIC_FIELDS",
+    "RUNS_LIMIT_DEFAULT",
+    "RUNS_LIMIT_MAX",
+    "Page",
     "RunFilter",
+    "check_limit",
     "compare_runs",
     "export_csv",
     "latest_comparison",
     "list_runs",
     "metric_history",
+    "recent_history",
+    "recent_runs",
 ]

@@ -8,6 +8,7 @@ token). All queries go through embench.store.queries (SQLAlchemy, bound paramete
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
@@ -24,13 +25,20 @@ from embench.errors import EmbenchError
 from embench.report import collect, resolve_ingest_keys
 from embench.report import html as report_html
 from embench.runtime_comparison import ratio_text, value_text
+from embench.store.detect import resolve_run
 from embench.store.models import NUMERIC_FIELDS, Run, ScenarioRow
 from embench.store.queries import (
+    HISTORY_LIMIT_DEFAULT,
+    HISTORY_LIMIT_MAX,
+    RUNS_LIMIT_DEFAULT,
+    RUNS_LIMIT_MAX,
+    Page,
     RunFilter,
     compare_runs,
     list_runs,
-    metric_history,
     multi_target_pipeline_runs,
+    recent_history,
+    recent_runs,
 )
 from embench.ui.auth import auth_error_handler, require_user, wants_html
 from embench.ui.db import read_only_engine, read_session
@@ -48,6 +56,7 @@ HISTORY_METRICS = (
     "server_cpu_pct_mean",
     "server_rss_bytes_max",
 )
+OPENAPI_PATH = "/api/openapi.json"
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
@@ -60,13 +69,18 @@ SECURITY_HEADERS = {
 
 def create_app(engine: Engine | None = None) -> FastAPI:
     """The app; `engine` defaults to a read-only engine on ui_database_url(), made on the
-    first request (importing the plugin connects nothing)."""
+    first request (importing the plugin connects nothing).
+
+    FastAPI serves its own OpenAPI document (and /docs, /redoc) as bare Starlette routes that
+    the app's dependencies do not reach, so those are off and OPENAPI_PATH is a route of
+    ours, behind `require_user` like every other; there are no /docs or /redoc pages (they
+    would load Swagger/ReDoc from a CDN, which the Content-Security-Policy forbids)."""
     app = FastAPI(
         title="Embedding benchmarks",
         dependencies=[Depends(require_user)],
         docs_url=None,
         redoc_url=None,
-        openapi_url="/api/openapi.json",
+        openapi_url=None,
     )
     app.state.engine = engine
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -95,6 +109,31 @@ def get_session(request: Request) -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+RunsLimit = Annotated[
+    int,
+    Query(
+        ge=1,
+        le=RUNS_LIMIT_MAX,
+        description=f"the newest N runs (1 to {RUNS_LIMIT_MAX}; more is refused with 422)",
+    ),
+]
+HistoryLimit = Annotated[
+    int,
+    Query(
+        ge=1,
+        le=HISTORY_LIMIT_MAX,
+        description=f"the newest N points (1 to {HISTORY_LIMIT_MAX}; more is refused with 422)",
+    ),
+]
+TRUNCATED_HEADER = "X-Embench-Truncated"
+
+
+def _page_headers(page: Page) -> dict[str, str]:
+    """Headers of a limited listing: whether older rows were left off, and the limit."""
+    return {
+        TRUNCATED_HEADER: "true" if page.truncated else "false",
+        "X-Embench-Limit": str(page.limit),
+    }
 
 
 def _base(request: Request) -> str:
@@ -109,8 +148,9 @@ def _page(request: Request, template: str, **context: Any) -> HTMLResponse:
 
 
 def _when(value: str | None, name: str, end_of_day: bool = False) -> datetime | None:
-    """An ISO date or time from a form ('' is none); a date alone as `until` includes the
-    whole day."""
+    """An ISO date or time from a form ('' is none), in UTC; a date alone as `until`
+    includes the whole day. Out of range (year 9999's last day as `until`, year 1 with an
+    offset east of UTC) is refused like a malformed value."""
     if not value:
         return None
     try:
@@ -119,9 +159,31 @@ def _when(value: str | None, name: str, end_of_day: bool = False) -> datetime | 
             parsed = datetime(day.year, day.month, day.day, tzinfo=UTC)
             return parsed + timedelta(days=1) if end_of_day else parsed
         parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise HTTPException(400, f"{name}: not an ISO date or time: {value!r}") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:
+        raise HTTPException(
+            400, f"{name}: expected an ISO date (YYYY-MM-DD) or date and time, got {value!r}"
+        ) from exc
+
+
+@contextmanager
+def _naming(name: str) -> Iterator[None]:
+    """Errors of the store about query parameter `name` (a run that is not stored, say)
+    answered as 404/400 whose detail starts with the parameter's name."""
+    try:
+        yield
+    except EmbenchError as exc:
+        text = str(exc)
+        raise HTTPException(
+            404 if text.startswith("no stored run") else 400, f"{name}: {text}"
+        ) from exc
+
+
+def _resolve_runs(session: Session, **runs: str) -> None:
+    """Each named run parameter resolves to a stored run (else 404 naming the parameter)."""
+    for name, run in runs.items():
+        with _naming(name):
+            resolve_run(session, run)
 
 
 def _blank(value: str | None) -> str | None:
@@ -191,6 +253,15 @@ def history_chart(points: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _routes(app: FastAPI) -> None:
+    @app.get(OPENAPI_PATH, include_in_schema=False)
+    def openapi(request: Request) -> JSONResponse:
+        """The OpenAPI document, with the mount point (/benchmarks) as its server."""
+        schema = app.openapi()
+        root_path = _base(request)
+        if root_path and root_path not in {s.get("url") for s in schema.get("servers", [])}:
+            schema = {**schema, "servers": [{"url": root_path}, *schema.get("servers", [])]}
+        return JSONResponse(schema)
+
     @app.get("/static/plotly.min.js", include_in_schema=False)
     def plotly() -> FileResponse:
         return FileResponse(
@@ -207,19 +278,25 @@ def _routes(app: FastAPI) -> None:
     @app.get("/api/runs")
     def api_runs(
         session: SessionDep,
+        response: Response,
         model: str | None = None,
         variant: str | None = None,
         runtime: str | None = None,
         status: str | None = None,
         since: str | None = None,
         until: str | None = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        limit: RunsLimit = RUNS_LIMIT_DEFAULT,
     ) -> list[dict[str, Any]]:
-        return list_runs(session, _filter(model, variant, status, since, until, runtime), limit)
+        """Runs, newest first; header X-Embench-Truncated: true when older ones matched
+        beyond `limit`."""
+        page = recent_runs(session, _filter(model, variant, status, since, until, runtime), limit)
+        response.headers.update(_page_headers(page))
+        return page.rows
 
     @app.get("/api/history")
     def api_history(
         session: SessionDep,
+        response: Response,
         model: str,
         metric: str = "p99_ms",
         variant: str | None = None,
@@ -227,9 +304,11 @@ def _routes(app: FastAPI) -> None:
         runtime: str | None = None,
         since: str | None = None,
         until: str | None = None,
-        limit: Annotated[int | None, Query(ge=1, le=5000)] = None,
+        limit: HistoryLimit = HISTORY_LIMIT_DEFAULT,
     ) -> dict[str, Any]:
-        points = metric_history(
+        """The newest `limit` points (oldest first, as charted); `truncated` (and header
+        X-Embench-Truncated) says whether older points matched beyond it."""
+        page = recent_history(
             session,
             metric,
             model=model,
@@ -240,15 +319,25 @@ def _routes(app: FastAPI) -> None:
             until=_when(until, "until", end_of_day=True),
             limit=limit,
         )
-        return {"metric": metric, "model": model, "points": points, **history_chart(points)}
+        response.headers.update(_page_headers(page))
+        return {
+            "metric": metric,
+            "model": model,
+            "limit": page.limit,
+            "truncated": page.truncated,
+            "points": page.rows,
+            **history_chart(page.rows),
+        }
 
     @app.get("/api/compare")
     def api_compare(session: SessionDep, a: str, b: str) -> dict[str, Any]:
+        _resolve_runs(session, a=a, b=b)
         return compare_runs(session, a, b)
 
     @app.get("/api/report")
     def api_report(session: SessionDep, run: str) -> dict[str, Any]:
-        keys, title = resolve_ingest_keys(session, run)
+        with _naming("run"):
+            keys, title = resolve_ingest_keys(session, run)
         return collect(session, keys, title).to_dict()
 
     # -- pages
@@ -261,9 +350,9 @@ def _routes(app: FastAPI) -> None:
         status: str | None = None,
         since: str | None = None,
         until: str | None = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        limit: RunsLimit = RUNS_LIMIT_DEFAULT,
     ) -> HTMLResponse:
-        runs = list_runs(session, _filter(model, variant, status, since, until), limit)
+        page = recent_runs(session, _filter(model, variant, status, since, until), limit)
         chosen = {
             "model": model or "",
             "variant": variant or "",
@@ -271,9 +360,17 @@ def _routes(app: FastAPI) -> None:
             "since": since or "",
             "until": until or "",
         }
-        return _page(
-            request, "runs.html", runs=runs, options=options(session), chosen=chosen, limit=limit
+        response = _page(
+            request,
+            "runs.html",
+            runs=page.rows,
+            options=options(session),
+            chosen=chosen,
+            limit=limit,
+            truncated=page.truncated,
         )
+        response.headers.update(_page_headers(page))
+        return response
 
     @app.get("/history", response_class=HTMLResponse)
     def history_page(
@@ -285,13 +382,14 @@ def _routes(app: FastAPI) -> None:
         scenario: str | None = None,
         since: str | None = None,
         until: str | None = None,
+        limit: HistoryLimit = HISTORY_LIMIT_DEFAULT,
     ) -> HTMLResponse:
         menus = options(session)
         model = model or (menus["models"][0] if menus["models"] else None)
         chart: dict[str, Any] = {"series": [], "baseline_changes": []}
-        points: list[dict[str, Any]] = []
+        page = Page([], limit, False)
         if model is not None:
-            points = metric_history(
+            page = recent_history(
                 session,
                 metric,
                 model=model,
@@ -299,8 +397,9 @@ def _routes(app: FastAPI) -> None:
                 scenario=_blank(scenario),
                 since=_when(since, "since"),
                 until=_when(until, "until", end_of_day=True),
+                limit=limit,
             )
-            chart = history_chart(points)
+            chart = history_chart(page.rows)
         chosen = {
             "model": model or "",
             "metric": metric,
@@ -309,15 +408,27 @@ def _routes(app: FastAPI) -> None:
             "since": since or "",
             "until": until or "",
         }
-        return _page(
-            request, "history.html", options=menus, chosen=chosen, chart=chart, points=points
+        response = _page(
+            request,
+            "history.html",
+            options=menus,
+            chosen=chosen,
+            chart=chart,
+            points=page.rows,
+            limit=limit,
+            truncated=page.truncated,
         )
+        response.headers.update(_page_headers(page))
+        return response
 
     @app.get("/compare", response_class=HTMLResponse)
     def compare_page(
         request: Request, session: SessionDep, a: str | None = None, b: str | None = None
     ) -> HTMLResponse:
-        result = compare_runs(session, a, b) if a and b else None
+        result = None
+        if a and b:
+            _resolve_runs(session, a=a, b=b)
+            result = compare_runs(session, a, b)
         recent = list_runs(session, RunFilter(), limit=200)
         return _page(
             request,
@@ -329,7 +440,8 @@ def _routes(app: FastAPI) -> None:
 
     @app.get("/api/runtimes")
     def api_runtimes(session: SessionDep, run: str) -> list[dict[str, Any]]:
-        keys, _ = resolve_ingest_keys(session, run)
+        with _naming("run"):
+            keys, _ = resolve_ingest_keys(session, run)
         return [c.to_dict() for c in collect(session, keys, run).comparison]
 
     @app.get("/runtimes", response_class=HTMLResponse)
@@ -343,7 +455,8 @@ def _routes(app: FastAPI) -> None:
         cost: list[CostRanking] = []
         cost_runs: list[dict[str, Any]] = []
         if run:
-            keys, _ = resolve_ingest_keys(session, run)
+            with _naming("run"):
+                keys, _ = resolve_ingest_keys(session, run)
             data = collect(session, keys, run)
             comparison = [c.to_dict() for c in data.comparison if len(c.entries) > 1]
             tuning = data.tuning
@@ -365,7 +478,8 @@ def _routes(app: FastAPI) -> None:
 
     @app.get("/report", response_class=HTMLResponse)
     def report_page(request: Request, session: SessionDep, run: str) -> HTMLResponse:
-        keys, title = resolve_ingest_keys(session, run)
+        with _naming("run"):
+            keys, title = resolve_ingest_keys(session, run)
         data = collect(session, keys, title)
         return HTMLResponse(report_html(data, plotly_src=f"{_base(request)}/static/plotly.min.js"))
 
