@@ -43,7 +43,8 @@ def main() -> int:
         host=settings.host,
         port=settings.port,
         loop=_best("uvloop", "asyncio"),
-        http=_best("httptools", "h11"),
+        http=_http_protocol(settings),
+        limit_concurrency=settings.max_connections,
         lifespan="on",
         access_log=settings.access_log,
         # X-Forwarded-For only matters to the access log; without it, skip the middleware.
@@ -64,6 +65,19 @@ def main() -> int:
         print(f"server: model failed to load: {state.error}", file=sys.stderr)
         return 3
     return 0
+
+
+def _http_protocol(settings: ServerSettings) -> type | str:
+    """httptools with the server's guards (header deadline, cancelling work of clients that
+    have gone); h11, without them, only where httptools is not installed."""
+    if _best("httptools", "h11") == "h11":
+        logging.getLogger("server").warning(
+            "httptools is not installed: no header deadline, no cancelling on disconnect"
+        )
+        return "h11"
+    from server.http_protocol import protocol_class
+
+    return protocol_class(settings.header_timeout_s)
 
 
 def _best(preferred: str, fallback: str) -> str:

@@ -20,18 +20,19 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
-from server import __version__
+from server import __version__, api_docs, http_protocol
 from server.batcher import (
     Batcher,
     EmbedResult,
@@ -40,6 +41,7 @@ from server.batcher import (
     ShuttingDown,
     TextTooLong,
     TokenizationError,
+    WorkerFailed,
 )
 from server.config import ServerSettings
 from server.metrics import ServerMetrics
@@ -47,8 +49,6 @@ from server.model import LoadedModel, load_model, warm_up
 from server.protocol import (
     JSON_MEDIA_TYPE,
     ApiError,
-    EmbedRequestDoc,
-    OpenAIRequestDoc,
     check_content_type,
     embed_response,
     openai_response,
@@ -101,9 +101,25 @@ def process_rss_bytes() -> int:
             return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
     """The body, refusing (413) as soon as it is known to exceed `limit`: from Content-Length
-    before reading anything, else while streaming, without holding more than `limit` bytes."""
+    before reading anything, else while streaming, without holding more than `limit` bytes;
+    and (408) when it has not all arrived within `timeout_s`, so a slow sender cannot hold a
+    connection and its buffers for long."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_body(request, limit)
+    except TimeoutError:
+        raise ApiError(
+            408,
+            f"the body did not arrive within {timeout_s:g} s",
+            param="body",
+            code="body_timeout",
+            headers={"Connection": "close"},
+        ) from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -167,6 +183,11 @@ def create_app(settings: ServerSettings, *, loader: Loader | None = None) -> Fas
         description=__doc__,
     )
     app.state.server = state
+    docs = api_docs.routes(settings)
+    # The document states the loaded model's dimension (the only value `dimensions` takes).
+    api_docs.install_openapi(
+        app, lambda: state.model.embedder.embedding_dim if state.model is not None else None
+    )
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
@@ -188,36 +209,31 @@ def create_app(settings: ServerSettings, *, loader: Loader | None = None) -> Fas
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return _error_response(ApiError(500, "internal server error", type="server_error"))
 
-    @app.get("/health")
+    @app.get("/health", **docs["/health"])
     async def health() -> Response:
-        if state.status == "ready":
+        failure = _failure(state)
+        if state.status == "ready" and failure is None:
             return _json({"status": "ok"})
-        body: dict[str, object] = {"status": state.status}
-        if state.error:
-            body["error"] = state.error
+        body: dict[str, object] = {"status": "failed" if failure else state.status}
+        if failure or state.error:
+            body["error"] = failure or state.error
         return _json(body, 503, headers={"Retry-After": "1"})
 
-    @app.get("/info")
+    @app.get("/info", **docs["/info"])
     async def info() -> Response:
         return _json(_info(state))
 
-    @app.get("/metrics")
+    @app.get("/metrics", **docs["/metrics"])
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post(
-        "/embed",
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {JSON_MEDIA_TYPE: {"schema": EmbedRequestDoc.model_json_schema()}},
-            }
-        },
-    )
+    @app.post("/embed", **docs["/embed"])
     async def embed(request: Request) -> Response:
         async def handle(payload: object) -> Response:
             parsed = parse_embed(payload, settings.max_texts_per_request)
-            result = await _compute(state, parsed.texts, "texts", truncate=parsed.truncate)
+            result = await _compute(
+                state, request.scope, parsed.texts, "texts", truncate=parsed.truncate
+            )
             body = embed_response(
                 result.vectors, state.model_name, result.prompt_tokens, result.truncated
             )
@@ -226,22 +242,14 @@ def create_app(settings: ServerSettings, *, loader: Loader | None = None) -> Fas
         handler_started = time.perf_counter()
         return await _handle(state, request, "/embed", handle, handler_started)
 
-    @app.post(
-        "/v1/embeddings",
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {JSON_MEDIA_TYPE: {"schema": OpenAIRequestDoc.model_json_schema()}},
-            }
-        },
-    )
+    @app.post("/v1/embeddings", **docs["/v1/embeddings"])
     async def openai_embeddings(request: Request) -> Response:
         async def handle(payload: object) -> Response:
             assert state.model is not None
             parsed = parse_openai(
                 payload, settings.max_texts_per_request, state.model.embedder.embedding_dim
             )
-            result = await _compute(state, parsed.texts, "input", truncate=True)
+            result = await _compute(state, request.scope, parsed.texts, "input", truncate=True)
             body = openai_response(
                 result.vectors,
                 state.model_name,
@@ -254,25 +262,31 @@ def create_app(settings: ServerSettings, *, loader: Loader | None = None) -> Fas
         handler_started = time.perf_counter()
         return await _handle(state, request, "/v1/embeddings", handle, handler_started)
 
-    app.fast_routes = {"/embed": embed, "/v1/embeddings": openai_embeddings}
     return app
 
 
 class EmbenchApp(FastAPI):
-    """FastAPI, plus a fast path: POST to the embedding endpoints goes straight to its handler,
-    skipping the middleware stack, routing and dependency resolution (about 0.1 ms per request,
-    a few percent of a core at full load). The routes stay declared, for /docs and /openapi.json;
-    the handlers turn every error into a JSON response themselves."""
+    """FastAPI, plus a fast path: a POST goes straight to its route's handler, skipping the
+    middleware stack, routing and dependency resolution (bench/asgi_fast_path.py measures what
+    that saves). The table is made from the declared routes, so each route is declared once;
+    every POST handler here takes the raw Request and turns every error into a JSON response
+    itself, which is what lets it skip the rest."""
 
-    fast_routes: dict[str, Callable[[Request], Awaitable[Response]]]
+    _fast_routes: dict[str, Callable[[Request], Awaitable[Response]]] | None = None
+    fast_path = True  # bench/asgi_fast_path.py turns it off to compare
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.fast_routes = {}
+    def fast_routes(self) -> dict[str, Callable[[Request], Awaitable[Response]]]:
+        if self._fast_routes is None:
+            self._fast_routes = {
+                route.path: route.endpoint
+                for route in self.routes
+                if isinstance(route, APIRoute) and route.methods == {"POST"}
+            }
+        return self._fast_routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            handler = self.fast_routes.get(scope["path"])
+        if self.fast_path and scope["type"] == "http" and scope["method"] == "POST":
+            handler = self.fast_routes().get(scope["path"])
             if handler is not None:
                 scope["app"] = self
                 request = Request(scope, receive, send)
@@ -311,12 +325,14 @@ async def _handle(
                 headers={"Retry-After": "1"},
             )
         check_content_type(request.headers.get("content-type"))
-        body = await read_body(request, state.settings.max_body_bytes)
+        settings = state.settings
+        body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
         response: Response = await handle(parse_json(body))
         status = response.status_code
         return response
     except ClientDisconnect:
-        status = 499  # the client went away before its body arrived (nginx's convention)
+        status = 499  # the client went away before its answer (nginx's convention)
+        metrics.disconnected.inc()
         raise
     except ApiError as err:
         status = err.status
@@ -329,14 +345,27 @@ async def _handle(
 
 
 async def _compute(
-    state: ServerState, texts: list[str], param: str, *, truncate: bool
+    state: ServerState, scope: Scope, texts: list[str], param: str, *, truncate: bool
 ) -> EmbedResult:
     batcher = state.batcher
     assert batcher is not None
     try:
-        result = await batcher.submit(texts, truncate=truncate)
+        job = batcher.admit(texts, truncate=truncate)
+        # The connection's protocol (server.http_protocol) cancels this if the client goes.
+        scope[http_protocol.CANCEL_ON_DISCONNECT] = job.future.cancel
+        try:
+            result = await batcher.wait(job)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the server is stopping this task, not the client
+            raise ClientDisconnect() from None
     except QueueFull as exc:
-        raise _queue_full(exc.queued, exc.limit, exc.retry_after_s) from None
+        raise _queue_full(exc) from None
+    except WorkerFailed as exc:
+        raise ApiError(
+            503, str(exc), type="server_error", code="worker_failed", headers={"Retry-After": "5"}
+        ) from None
     except ShuttingDown:
         raise ApiError(
             503,
@@ -348,8 +377,7 @@ async def _compute(
     except TextTooLong as exc:
         raise ApiError(
             422,
-            f"'{param}[{exc.index}]' is longer than the model's {batcher.max_seq_length} tokens "
-            "and truncate is false",
+            f"'{param}[{exc.index}]' {exc}, and truncate is false",
             param=f"{param}[{exc.index}]",
             code="text_too_long",
         ) from None
@@ -370,14 +398,20 @@ async def _compute(
     return result
 
 
-def _queue_full(queued: int, limit: int, retry_after_s: int) -> ApiError:
+def _queue_full(exc: QueueFull) -> ApiError:
     return ApiError(
         429,
-        f"server busy: {queued} texts are waiting (limit {limit}); retry after {retry_after_s} s",
+        f"server busy: {exc.waiting} {exc.what} are waiting (limit {exc.limit}); "
+        f"retry after {exc.retry_after_s} s",
         type="rate_limit_error",
         code="queue_full",
-        headers={"Retry-After": str(retry_after_s)},
+        headers={"Retry-After": str(exc.retry_after_s)},
     )
+
+
+def _failure(state: ServerState) -> str | None:
+    """Why a loaded server cannot answer (a dead inference worker), or None."""
+    return state.batcher.failure if state.batcher is not None else None
 
 
 class _EncodedResponse(Response):
@@ -433,6 +467,7 @@ async def _load(state: ServerState) -> None:
             max_batch_tokens=settings.max_batch_tokens,
             max_batch_texts=settings.max_batch_texts,
             max_queue=settings.max_queue,
+            max_queue_bytes=settings.max_queue_bytes,
             max_batch_wait_s=settings.max_batch_wait_ms / 1e3,
             on_batch=state.metrics.observe_batch,
             workers=settings.workers,

@@ -88,7 +88,32 @@ class ServerSettings(BaseModel):
     max_queue: int = Field(
         default=1024, ge=1, description="texts waiting for inference before requests get 429"
     )
+    max_queue_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="UTF-8 bytes of the texts of the requests in the server (as received) "
+        "before requests get 429",
+    )
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_connections: int = Field(
+        default=2048,
+        ge=1,
+        description="open connections (and requests in progress) before new requests get 503",
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="a connection that has not sent a request's headers within this many "
+        "seconds of connecting (or of the request's first byte) is closed",
+    )
+    body_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="a request whose body has not all arrived within this many seconds of its "
+        "headers gets 408",
+    )
     tokenizer_threads: int = Field(default=1, ge=1, le=64)
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=0, le=65535)

@@ -97,6 +97,11 @@ class ServerMetrics:
         self.rejected = Counter(
             "embench_server_rejected", "requests refused with 429 (queue full)", registry=r
         )
+        self.disconnected = Counter(
+            "embench_server_disconnected_requests",
+            "requests whose client went away before the answer (their work is dropped)",
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "embench_server_queue_depth", "texts waiting for inference", registry=r
         )

@@ -10,11 +10,11 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import orjson
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 JSON_MEDIA_TYPE = "application/json"
 
@@ -179,7 +179,9 @@ def parse_openai(body: object, max_texts: int, embedding_dim: int) -> OpenAIRequ
     model = data.get("model")
     if model is not None and not isinstance(model, str):
         raise ApiError(422, f"'model' must be a string, got {_kind(model)}", param="model")
-    encoding = data.get("encoding_format") or "float"
+    encoding = data.get("encoding_format")
+    if encoding is None:  # absent or null; any other falsy value is as wrong as "hex"
+        encoding = "float"
     if encoding not in ("float", "base64"):
         raise ApiError(
             422,
@@ -253,16 +255,165 @@ def embed_response(
 
 
 # ---- documentation-only models (OpenAPI) ---------------------------------------------------------
+# They state what the hand parser above enforces; server/api_docs.py adds the limits that come
+# from the settings (maxItems) or from the loaded model (dimensions) and puts them in the routes.
+NonEmptyText = Annotated[str, Field(min_length=1)]
+Texts = NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1)]
+
+
 class EmbedRequestDoc(BaseModel):
-    texts: str | list[str] = Field(description="texts to embed (non-empty)")
+    model_config = ConfigDict(
+        extra="forbid",
+        title="EmbedRequest",
+        json_schema_extra={"examples": [{"texts": ["a first text", "a second"]}]},
+    )
+
+    texts: Texts = Field(
+        description="a non-empty text, or a non-empty array of non-empty texts "
+        "(at most max_texts_per_request)"
+    )
     truncate: bool = Field(
-        default=True, description="cut texts beyond max_seq_length (else answer 422)"
+        default=True,
+        description="cut texts beyond the model's max_seq_length; false: such a text gets 422 "
+        "(code text_too_long)",
     )
 
 
 class OpenAIRequestDoc(BaseModel):
-    input: str | list[str]
-    model: str | None = None
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
-    user: str | None = None
+    # Other properties are accepted and ignored, as OpenAI's API does.
+    model_config = ConfigDict(
+        title="OpenAIEmbeddingRequest",
+        json_schema_extra={"examples": [{"input": "a text", "encoding_format": "float"}]},
+    )
+
+    input: Texts = Field(
+        description="a non-empty text, or a non-empty array of non-empty texts "
+        "(at most max_texts_per_request); token arrays are not supported"
+    )
+    model: str | None = Field(
+        default=None, description="accepted for OpenAI compatibility; the server's model answers"
+    )
+    encoding_format: Literal["float", "base64"] | None = Field(
+        default="float",
+        description="float: arrays of numbers; base64: little-endian float32, base64-encoded",
+    )
+    dimensions: int | None = Field(
+        default=None,
+        description="if given, must equal the model's embedding dimension (see /info); "
+        "truncated embeddings are not supported",
+    )
+    user: Any = Field(default=None, description="accepted for OpenAI compatibility and ignored")
+
+
+class ErrorDetailDoc(BaseModel):
+    model_config = ConfigDict(title="ErrorDetail")
+
+    message: str = Field(description="what is wrong, naming the field, e.g. 'texts[3]'")
+    type: str = Field(
+        description="invalid_request_error, rate_limit_error or server_error (OpenAI's types)"
+    )
+    param: str | None = Field(description="the field or header at fault, e.g. 'texts[3]'")
+    code: str | None = Field(
+        description="a machine-readable reason where there is one, e.g. invalid_json, "
+        "body_too_large, body_timeout, unsupported_media_type, too_many_texts, "
+        "text_too_long, queue_full, not_ready, shutting_down, worker_failed, "
+        "tokenization_error, inference_error"
+    )
+
+
+class ErrorDoc(BaseModel):
+    """Every error the server itself answers, in OpenAI's envelope."""
+
+    model_config = ConfigDict(title="Error")
+
+    error: ErrorDetailDoc
+
+
+class UsageDoc(BaseModel):
+    model_config = ConfigDict(title="Usage")
+
+    prompt_tokens: int = Field(ge=0)
+    total_tokens: int = Field(ge=0)
+
+
+class EmbedResponseDoc(BaseModel):
+    model_config = ConfigDict(title="EmbedResponse")
+
+    embeddings: list[list[float]] = Field(description="one vector per text, in order")
+    model: str
+    dim: int = Field(ge=1, description="the length of each vector")
+    truncated: list[bool] = Field(description="per text: whether it was cut to fit the model")
+    usage: UsageDoc
+
+
+class OpenAIEmbeddingDoc(BaseModel):
+    model_config = ConfigDict(title="OpenAIEmbedding")
+
+    object: Literal["embedding"]
+    index: int = Field(ge=0)
+    embedding: list[float] | str = Field(
+        description="an array of numbers (encoding_format float) or a base64 string of "
+        "little-endian float32 (encoding_format base64)"
+    )
+    truncated: bool = Field(
+        default=False, description="present, and true, only where the text was cut"
+    )
+
+
+class OpenAIResponseDoc(BaseModel):
+    model_config = ConfigDict(title="OpenAIEmbeddingResponse")
+
+    object: Literal["list"]
+    data: list[OpenAIEmbeddingDoc]
+    model: str
+    usage: UsageDoc
+
+
+class HealthDoc(BaseModel):
+    model_config = ConfigDict(title="Health")
+
+    status: str = Field(
+        description="ok (200); else loading, failed or stopping (503)",
+    )
+    error: str | None = Field(
+        default=None, description="why the model failed to load or the server cannot answer"
+    )
+
+
+class BatchingDoc(BaseModel):
+    model_config = ConfigDict(title="Batching", extra="allow")
+
+    max_batch_tokens: int
+    max_batch_texts: int
+    max_batch_wait_ms: float
+    max_texts_per_request: int
+    max_queue: int
+    max_body_bytes: int
+    tokenizer_threads: int
+
+
+class InfoDoc(BaseModel):
+    """What the server runs. The model's fields are there once it has loaded."""
+
+    model_config = ConfigDict(title="Info", extra="allow")
+
+    status: str = Field(description="loading, ready, failed or stopping")
+    server_version: str
+    python: str
+    pid: int
+    uptime_s: float
+    runtime: str
+    threads: int
+    workers: int
+    spinning: bool
+    inter_op_threads: int | None
+    graph_optimization_level: str | None
+    batching: BatchingDoc
+    process_rss_bytes: int
+    error: str | None = None
+    model: str | None = Field(default=None, description="the name responses carry")
+    model_id: str | None = None
+    variant: str | None = None
+    runtime_version: str | None = None
+    embedding_dim: int | None = None
+    max_seq_length: int | None = None

@@ -268,11 +268,9 @@ async def test_an_inference_error_fails_only_its_request(client, fake):
     failing = results[-1]
     assert failing.status_code == 500
     assert failing.json()["error"]["code"] == "inference_error"
-    # The fine requests that did not share a batch with FAIL succeeded; those that did failed.
-    failed_batch = next(b for b in fake.batches if "FAIL here" in b)
-    for i, response in enumerate(results[:-1]):
-        expected = 500 if f"fine {i}" in failed_batch else 200
-        assert response.status_code == expected
+    # Every other request succeeded, those that shared the failing batch included.
+    assert [r.status_code for r in results[:-1]] == [200] * 5
+    assert len(next(b for b in fake.batches if "FAIL here" in b)) > 1, "no batch was shared"
     assert (await client.post("/embed", json={"texts": ["afterwards"]})).status_code == 200
 
 
