@@ -200,6 +200,8 @@ class ServerLimits(StrictModel):
     cpus: PositiveFloat | None = None
     cpuset: CpuSet | None = None
     memory: Memory = "4g"
+    # processes and threads in the container (a runtime starts a thread pool per core)
+    pids: PositiveInt = 4096
 
 
 class ClientLimits(StrictModel):
@@ -207,7 +209,8 @@ class ClientLimits(StrictModel):
     (as the seed splits a 30-vCPU host 16 + 14), so that the two never compete."""
 
     cpuset: CpuSet | None = None
-    memory: Memory | None = None
+    memory: Memory | None = None  # None: server.limits' default (always a limit)
+    pids: PositiveInt = 2048  # processes and threads in the container
 
 
 # The server's own settings (server.config.ServerSettings, one schema) that benchmark.yaml
@@ -495,6 +498,105 @@ class CostConfig(StrictModel):
     usd_per_hour: dict[PriceKey, PositiveFloat] = Field(default_factory=dict)
 
 
+# ---------------------------------------------------------------- alerts
+
+EmailAddress = Annotated[str, Field(pattern=r"^[^@\s<>]+@[^@\s<>]+$")]
+HttpUrl = Annotated[str, Field(pattern=r"^https?://\S+$")]
+AlertEvent = Literal["regression", "failure"]
+
+
+class EmailAlertConfig(StrictModel):
+    """E-mail through Airflow's SMTP provider: an Airflow connection (`smtp_conn_id`, which
+    may also give the sender), or the server's `host` and `port` here."""
+
+    model_config = ConfigDict(**StrictModel.model_config, populate_by_name=True)
+
+    to: Annotated[list[EmailAddress], Field(min_length=1)]
+    from_: EmailAddress | None = Field(default=None, alias="from")
+    smtp_conn_id: str | None = None  # None and no host: smtp_default
+    host: str | None = None
+    port: Annotated[int, Field(ge=1, le=65535)] = 25
+    starttls: bool = False  # with host: STARTTLS after connecting
+    ssl: bool = False  # with host: SMTP over TLS (port 465, usually)
+    timeout_s: Annotated[int, Field(ge=1, le=300)] = 30
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown_keys(cls, data: Any) -> Any:
+        # the base's check, by the file's keys: `from` (the field is from_, `from` being a
+        # Python keyword)
+        import difflib
+
+        from pydantic_core import PydanticCustomError
+
+        allowed = ["from" if name == "from_" else name for name in cls.model_fields]
+        for key in data if isinstance(data, dict) else ():
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                raise PydanticCustomError(
+                    "unknown_key",
+                    "unknown key {quoted}{hint}; expected one of: {allowed}",
+                    {
+                        "key": key,
+                        "quoted": repr(key),
+                        "hint": f" (did you mean {close[0]!r}?)" if close else "",
+                        "allowed": ", ".join(allowed),
+                    },
+                )
+        return data
+
+    @model_validator(mode="after")
+    def _one_server(self) -> EmailAlertConfig:
+        if self.host and self.smtp_conn_id:
+            raise ValueError("name the SMTP server once: smtp_conn_id or host, not both")
+        if self.host and not self.from_:
+            raise ValueError("from: required with host (only a connection can give a sender)")
+        if self.starttls and self.ssl:
+            raise ValueError("starttls and ssl exclude each other")
+        return self
+
+
+class WebhookAlertConfig(StrictModel):
+    """A JSON POST for chat tools: `{"text": ...}` (what Slack's, Mattermost's and Rocket.Chat's
+    incoming webhooks read) and the findings under `alert`. The URL here, or (it holds a
+    secret, usually) an Airflow connection whose host is the URL."""
+
+    url: HttpUrl | None = None
+    conn_id: str | None = None
+    timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+
+    @model_validator(mode="after")
+    def _one_target(self) -> WebhookAlertConfig:
+        if (self.url is None) == (self.conn_id is None):
+            raise ValueError("give exactly one of url and conn_id")
+        return self
+
+
+class AlertsConfig(StrictModel):
+    """Who is told, and how, when a DAG run regresses or fails (embench.alerts). No channel
+    (the default): nobody."""
+
+    # (not `on`: YAML 1.1 reads a bare `on` as true)
+    events: list[AlertEvent] = Field(default_factory=lambda: ["regression", "failure"])
+    email: EmailAlertConfig | None = None
+    webhook: WebhookAlertConfig | None = None
+    # the Airflow UI's address for the links (report, run); None: Airflow's [api] base_url
+    airflow_url: HttpUrl | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_on(cls, data: Any) -> Any:
+        if isinstance(data, dict) and (True in data or "on" in data):
+            raise ValueError("`on` (which YAML reads as true) is no key here: write `events`")
+        return data
+
+    @field_validator("events")
+    @classmethod
+    def _unique_events(cls, events: list[str]) -> list[str]:
+        _require_unique("event", events)
+        return events
+
+
 class BenchmarkFile(StrictModel):
     schedule: str = "0 2 * * *"
     models: Annotated[list[Identifier], Field(min_length=1)]
@@ -511,6 +613,7 @@ class BenchmarkFile(StrictModel):
     regression: RegressionConfig = RegressionConfig()
     autotune: AutotuneConfig = AutotuneConfig()
     cost: CostConfig = CostConfig()
+    alerts: AlertsConfig = AlertsConfig()
     external: list[ExternalServer] = Field(default_factory=list)
     scenarios: Annotated[list[ScenarioConfig], Field(min_length=1)]
 

@@ -13,6 +13,7 @@ from docker import APIClient
 from docker.errors import APIError, NotFound
 from docker.types import Mount
 
+from embench.config.schema import ServerLimits
 from embench.errors import EmbenchError
 from embench.launch.handle import ServerHandle, wait_healthy
 
@@ -26,6 +27,32 @@ MANAGED_LABEL = "io.embench.managed"
 # containers, whose runs it can look up (several deployments may share one Docker daemon).
 DEPLOYMENT_LABEL = "io.embench.deployment"
 RunIsLive = Callable[[str, str], bool]  # (dag id, run id) -> still queued or running
+# What a container is for (the server under test, the load client): a retry's client finds an
+# earlier try's by it.
+ROLE_LABEL = "io.embench.role"
+TRY_LABEL = "io.embench.try_number"
+
+# Least privilege, for the server and the client alike: no capabilities at all (the server
+# listens on 8080, the client only connects), nothing gained through a setuid file, a
+# read-only root filesystem with a tmpfs only where the processes write (/tmp, which is
+# also HOME and HF_HOME in the images: Python's tempfile, the HF/torch/OpenVINO caches,
+# infinity-emb's state), and bounded processes/threads and memory. /dev/shm is Docker's own
+# tmpfs (64 MB) whatever the root. Not executable: no runtime loads code it wrote there.
+TMPFS = {"/tmp": "rw,noexec,nosuid,nodev,size=512m"}
+# benchmark.yaml's defaults (server.limits); a container never runs without a memory limit
+DEFAULT_MEMORY: str = ServerLimits.model_fields["memory"].default
+DEFAULT_SERVER_PIDS: int = ServerLimits.model_fields["pids"].default
+
+
+def hardening(pids_limit: int) -> dict[str, Any]:
+    """create_host_config arguments every server and client container gets."""
+    return {
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges:true"],
+        "read_only": True,
+        "tmpfs": dict(TMPFS),
+        "pids_limit": pids_limit,
+    }
 
 
 def deployment_name() -> str:
@@ -46,7 +73,8 @@ def start_server_container(
     model_mount_type: str = "bind",
     cpuset: str | None = None,
     cpus: float | None = None,
-    mem_limit: str | None = None,
+    mem_limit: str | None = DEFAULT_MEMORY,
+    pids_limit: int = DEFAULT_SERVER_PIDS,
     network: str | None = None,
     publish_address: str = "127.0.0.1",
     publish_port: int | None = None,
@@ -62,7 +90,8 @@ def start_server_container(
       `reach_address` (the host's loopback locally, the host's address when remote); the
       client, on the host's network, reaches it on the host's loopback.
 
-    The model is `model_source`: a directory (`bind`) or a volume (`volume`), read-only. A
+    The model is `model_source`: a directory (`bind`) or a volume (`volume`), read-only. The
+    container runs with least privilege (see `hardening`); without `mem_limit`, 4g. A
     container that never becomes healthy is removed before the error is raised."""
     _require_image(cli, image)
     remove_container(cli, name)  # a leftover of an earlier try under the same name
@@ -71,14 +100,15 @@ def start_server_container(
         port_bindings=None if network else {CONTAINER_PORT: (publish_address, publish_port)},
         cpuset_cpus=cpuset,
         nano_cpus=int(cpus * 1e9) if cpus else None,
-        mem_limit=mem_limit,
-        memswap_limit=mem_limit,  # no swap beyond the limit: memory pressure shows as OOM
+        mem_limit=mem_limit or DEFAULT_MEMORY,
+        memswap_limit=mem_limit or DEFAULT_MEMORY,  # no swap beyond it: pressure shows as OOM
+        **hardening(pids_limit),
     )
     container = cli.create_container(
         image=image,
         name=name,
         environment={**environment, "EMBENCH_MODEL_DIR": MODEL_MOUNT},
-        labels={**labels, MANAGED_LABEL: "true"},
+        labels={**labels, MANAGED_LABEL: "true", ROLE_LABEL: "server"},
         ports=[CONTAINER_PORT],
         host_config=host_config,
         networking_config=(
@@ -128,6 +158,17 @@ def remove_container(cli: APIClient, container: str) -> bool:
         if exc.status_code == 409:  # removal already in progress
             return False
         raise
+
+
+def remove_earlier_tries(cli: APIClient, role: str, labels: dict[str, str]) -> list[str]:
+    """Remove the `role` containers of the same target (every label of `labels` but the try
+    number) that earlier tries left: a try killed hard (its worker lost) never reached its
+    own cleanup, and its container keeps running. Returns their names. Nothing without the
+    run's labels (a bare call would match every run's)."""
+    target = {key: value for key, value in labels.items() if key != TRY_LABEL}
+    if "io.embench.run_id" not in target:
+        return []
+    return sweep_containers(cli, {**target, ROLE_LABEL: role})
 
 
 def sweep_containers(cli: APIClient, labels: dict[str, str]) -> list[str]:

@@ -22,6 +22,12 @@ class ServerHandle:
     name: str  # container name, or "pid <n>"
     container_id: str | None = None
     pid: int | None = None
+    # the process launcher: the pid's start time (/proc/<pid>/stat field 22) and boot, which
+    # tell the server from a later process given the same pid, and the state file where every
+    # server started for the target is recorded (a retry's replacement too)
+    pid_start_time: int | None = None
+    boot_id: str | None = None
+    state_file: str | None = None
     docker_url: str | None = None
     image: str | None = None
     image_digest: str | None = None

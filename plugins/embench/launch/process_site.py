@@ -20,9 +20,11 @@ from embench.launch.docker_server import RunIsLive
 from embench.launch.handle import ServerHandle
 from embench.launch.host_probe import PROBE_TIMEOUT_S, format_cpuset, parse_probe
 from embench.launch.process_server import (
+    ServerProcess,
     parse_cpuset,
     process_failure,
     start_server_process,
+    stop_recorded,
     stop_server_process,
 )
 
@@ -61,7 +63,8 @@ class ProcessSite:
         )
 
     def server_failure(self, handle: ServerHandle) -> str | None:
-        return process_failure(int(handle.pid or 0))
+        server = _server_process(handle)
+        return process_failure(server) if server else f"the server process {handle.pid} is gone"
 
     def host_fingerprint(self, name: str, labels: dict[str, str]) -> dict[str, Any]:
         """This machine's environment fingerprint, from the load client as it runs here."""
@@ -124,8 +127,13 @@ class ProcessSite:
         run_client_process(args, out.parent / "client.log", timeout_s)
 
     def stop_server(self, handle: ServerHandle, log_path: Path | None) -> None:
-        if handle.pid:
-            stop_server_process(handle.pid)
+        """Stop the handle's server and every other one recorded for the target (a
+        replacement a retry started), each only while its pid has its start time."""
+        server = _server_process(handle)
+        if server is not None:
+            stop_server_process(server)
+        if handle.state_file:
+            stop_recorded(Path(handle.state_file))
         if log_path is not None and handle.log_path and Path(handle.log_path) != log_path:
             shutil.copyfile(handle.log_path, log_path)
 
@@ -134,3 +142,11 @@ class ProcessSite:
 
     def sweep_run(self, run_labels: dict[str, str]) -> list[str]:
         return []
+
+
+def _server_process(handle: ServerHandle) -> ServerProcess | None:
+    """The handle's process, by pid and start time; None for a handle without a start time
+    (its pid alone could name any process by now: it is never signalled)."""
+    if not handle.pid or handle.pid_start_time is None:
+        return None
+    return ServerProcess(handle.pid, handle.pid_start_time, handle.boot_id or "")

@@ -38,10 +38,14 @@ from embench.hosts.base import Host
 from embench.hosts.ssh import DockerTunnel, SshEndpoint
 from embench.launch.client import client_arguments, client_inputs, describe_exit
 from embench.launch.docker_server import (
+    DEFAULT_MEMORY,
     MANAGED_LABEL,
+    ROLE_LABEL,
     RunIsLive,
     container_failure,
+    hardening,
     remove_container,
+    remove_earlier_tries,
     start_server_container,
     sweep_containers,
     sweep_stale_containers,
@@ -51,8 +55,11 @@ from embench.launch.host_probe import PROBE_COMMAND, parse_probe
 
 log = logging.getLogger(__name__)
 
-CLIENT_IN = "/embench/in"
-CLIENT_OUT = "/embench/out"
+CLIENT_ROOT = "/embench"  # a volume of the client's container: its root is read-only
+CLIENT_IN = f"{CLIENT_ROOT}/in"
+CLIENT_OUT = f"{CLIENT_ROOT}/out"
+CLIENT_USER = "10001:10001"  # client/Dockerfile's user, by number (an older image has none)
+DOCKER_SOCKET = "/var/run/docker.sock"
 MODEL_VOLUME_PREFIX = "embench-model-"
 VERIFIED_MARK = ".embench-verified"  # server.manifest writes it once every file matched
 
@@ -117,6 +124,7 @@ class DockerSite:
         self.network = network
         self._tunnel = DockerTunnel(SshEndpoint(**host.ssh)) if host.ssh else None
         self._cli: APIClient | None = None
+        self._socket_gid: str | None = None
 
     # -- connection --------------------------------------------------------------------------
 
@@ -313,6 +321,7 @@ class DockerSite:
             cpuset=self.host.server_cpuset or server.limits.cpuset,
             cpus=server.limits.cpus,
             mem_limit=server.limits.memory,
+            pids_limit=server.limits.pids,
             network=self.network,
             publish_address=self.host.publish_address,
             publish_port=self.host.publish_port,
@@ -337,9 +346,10 @@ class DockerSite:
             self.config.benchmark.images.client,
             command=["fingerprint"],
             name=name,
+            user=CLIENT_USER,
             labels={**labels, MANAGED_LABEL: "true"},
             host_config=self.cli.create_host_config(
-                network_mode="none", cpuset_cpus=self.client_cpuset
+                network_mode="none", cpuset_cpus=self.client_cpuset, **self._client_limits()
             ),
         )["Id"]
         try:
@@ -404,32 +414,43 @@ class DockerSite:
             f"{CLIENT_IN}/{scenarios.name}",
             f"{CLIENT_OUT}/{out.name}",
         )
-        limits = self.config.benchmark.client
         socket_path = self.host.docker_socket
-        remove_container(self.cli, name)
+        remove_container(self.cli, name)  # an earlier try's, under the same name
+        # ...and any other client of this target an earlier try (killed hard) left running
+        for leftover in remove_earlier_tries(self.cli, "client", labels):
+            log.warning("removed the client container %s of an earlier try", leftover)
         container = self.cli.create_container(
             self.config.benchmark.images.client,
             command=args,
             name=name,
-            labels={**labels, MANAGED_LABEL: "true"},
+            # Not root: the Docker socket (to sample the server's container) through its
+            # group only.
+            user=CLIENT_USER,
+            labels={**labels, MANAGED_LABEL: "true", ROLE_LABEL: "client"},
+            volumes=[CLIENT_ROOT],  # anonymous, removed with the container
             host_config=self.cli.create_host_config(
+                # The host's network (unless the worker's network is given): the server's
+                # port is published on the host's loopback only (127.0.0.1 locally), which a
+                # container on a bridge cannot reach; and the client measures the host's
+                # network path, not a bridge's NAT. Its capabilities are dropped all the same.
                 network_mode=self.network or "host",
-                binds={socket_path: {"bind": "/var/run/docker.sock", "mode": "ro"}},
+                binds={socket_path: {"bind": DOCKER_SOCKET, "mode": "ro"}},
+                group_add=[self._docker_socket_group(socket_path)],
                 cpuset_cpus=self.client_cpuset,
-                mem_limit=limits.memory,
+                **self._client_limits(),
             ),
         )["Id"]
         try:
             self.cli.put_archive(
                 container,
-                "/",
+                CLIENT_ROOT,  # into the volume: the read-only root takes no archive
                 _tar_files(
                     {
                         **{
-                            f"{CLIENT_IN[1:]}/{name}": data
+                            f"{CLIENT_IN[len(CLIENT_ROOT) + 1 :]}/{name}": data
                             for name, data in client_inputs(scenarios).items()
                         },
-                        f"{CLIENT_OUT[1:]}/": None,
+                        f"{CLIENT_OUT[len(CLIENT_ROOT) + 1 :]}/": None,
                     }
                 ),
             )
@@ -454,6 +475,42 @@ class DockerSite:
             _fetch_file(self.cli, container, f"{CLIENT_OUT}/{out.name}", out)
         finally:
             remove_container(self.cli, container)
+
+    def _client_limits(self) -> dict[str, Any]:
+        """The client container's memory and pids limits and least privilege."""
+        limits = self.config.benchmark.client
+        memory = limits.memory or DEFAULT_MEMORY
+        return {"mem_limit": memory, "memswap_limit": memory, **hardening(limits.pids)}
+
+    def _docker_socket_group(self, socket_path: str) -> str:
+        """The group id that owns the host's Docker socket (the client's only way to it as a
+        non-root user), as a container on the host sees it; asked once per site."""
+        if self._socket_gid is None:
+            container = self.cli.create_container(
+                self.config.benchmark.images.client,
+                entrypoint=["python3", "-c", "import os, sys; print(os.stat(sys.argv[1]).st_gid)"],
+                command=[DOCKER_SOCKET],
+                user=CLIENT_USER,
+                labels={MANAGED_LABEL: "true"},
+                host_config=self.cli.create_host_config(
+                    network_mode="none",
+                    binds={socket_path: {"bind": DOCKER_SOCKET, "mode": "ro"}},
+                    **self._client_limits(),
+                ),
+            )["Id"]
+            try:
+                self.cli.start(container)
+                status = self.cli.wait(container, timeout=60)["StatusCode"]
+                out = self.cli.logs(container).decode(errors="replace").strip()
+            finally:
+                remove_container(self.cli, container)
+            if status != 0 or not out.isdigit():
+                raise EmbenchError(
+                    f"cannot tell the group of the Docker socket {socket_path} on "
+                    f"{self.host.name} (status {status}): {out}"
+                )
+            self._socket_gid = out
+        return self._socket_gid
 
     def _stream_log(self, container: str) -> None:
         try:
