@@ -29,11 +29,12 @@ from datetime import timedelta
 from typing import Any
 
 import pendulum
-from airflow.sdk import Param, dag, get_current_context, setup, task, task_group, teardown
+from airflow.sdk import dag, get_current_context, setup, task, task_group, teardown
 from airflow.sdk.exceptions import AirflowSkipException
 
-from embench import host_slots, live_runs, steps
-from embench.config import ALL_RUNTIMES, ALL_VARIANTS, load_config
+from embench import alerts, host_slots, live_runs, steps
+from embench.config import load_config
+from embench.config.params import params_of
 
 CONFIG = load_config()
 DEFAULTS = steps.default_params(CONFIG)
@@ -78,61 +79,20 @@ def record_failure(context: Any) -> None:
         "retries": 0,
         "on_failure_callback": record_failure,
     },
-    params={
-        "models": Param(
-            DEFAULTS["models"],
-            type="array",
-            items={"type": "string", "enum": sorted(CONFIG.models)},
-            minItems=1,
-            uniqueItems=True,
-            description="Model ids from config/models.yaml.",
-        ),
-        "runtimes": Param(
-            DEFAULTS["runtimes"],
-            type="array",
-            items={"type": "string", "enum": list(ALL_RUNTIMES)},
-            uniqueItems=True,
-            description=(
-                "Empty: each model's own runtimes (models.yaml) and external servers "
-                "(benchmark.yaml)."
-            ),
-        ),
-        "variants": Param(
-            DEFAULTS["variants"],
-            type="array",
-            items={"type": "string", "enum": list(ALL_VARIANTS)},
-            uniqueItems=True,
-            description="Empty: each runtime's own variants from models.yaml.",
-        ),
-        "scenarios": Param(
-            DEFAULTS["scenarios"],
-            type="array",
-            items={"type": "string", "enum": [s.name for s in CONFIG.benchmark.scenarios]},
-            minItems=1,
-            uniqueItems=True,
-            description="Scenarios from config/benchmark.yaml.",
-        ),
-        "repetitions": Param(DEFAULTS["repetitions"], type="integer", minimum=1, maximum=20),
-        "provisioner": Param(
-            DEFAULTS["provisioner"],
-            type="string",
-            enum=["local", "ssh", "ec2"],
-            description="local: this machine; ssh: a host of host.ssh.hosts; ec2: an instance.",
-        ),
-        "launcher": Param(
-            DEFAULTS["launcher"],
-            type="string",
-            enum=["auto", "docker", "process"],
-            description="auto: docker (on this machine: process when no Docker daemon answers).",
-        ),
-        "fail_on_regression": Param(DEFAULTS["fail_on_regression"], type="boolean"),
-        "autotune": Param(
-            DEFAULTS["autotune"],
-            type="boolean",
-            description="Tune the server's settings per host first (benchmark.yaml's autotune; "
-            "cached per host fingerprint).",
-        ),
-    },
+    # benchmark.yaml's alerts: the run's regressions, or its failure (none configured: none)
+    **alerts.dag_callbacks(CONFIG.benchmark.alerts),
+    # The trigger form: steps.RunParams' fields, with the choices this config has.
+    params=params_of(
+        steps.RunParams,
+        defaults=DEFAULTS,
+        schema_extra={
+            "models": {"items": {"type": "string", "enum": sorted(CONFIG.models)}},
+            "scenarios": {
+                "items": {"type": "string", "enum": [s.name for s in CONFIG.benchmark.scenarios]}
+            },
+            "autotune": {"type": "boolean"},  # a checkbox: unset (None) is the CLI's only
+        },
+    ),
 )
 def embedding_benchmark() -> None:
     @task(execution_timeout=timedelta(minutes=1))

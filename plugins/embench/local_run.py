@@ -20,7 +20,7 @@ from embench.paths import data_dir
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from embench.runtime_comparison import ModelComparison
+    from embench.report.runtimes import ModelComparison
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "embedding_benchmark"
@@ -105,7 +105,7 @@ def conf_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return conf
 
 
-def run_dag(conf: dict[str, Any]) -> tuple[str, str]:
+def run_dag(conf: dict[str, Any], dag_id: str = DAG_ID) -> tuple[str, str]:
     """Parse the DAG folder, run the DAG once; returns (state, run_id)."""
     from airflow.dag_processing.dagbag import DagBag
 
@@ -114,7 +114,7 @@ def run_dag(conf: dict[str, Any]) -> tuple[str, str]:
         for path, error in bag.import_errors.items():
             sys.stderr.write(f"{path}: {error}\n")
         raise SystemExit("embench run: the DAG folder does not import")
-    dag = bag.get_dag(DAG_ID)
+    dag = bag.get_dag(dag_id)
     dag_run = dag.test(run_conf=conf, logical_date=None)
     return str(dag_run.state), str(dag_run.run_id)
 
@@ -164,7 +164,7 @@ def runtime_table(comparison: ModelComparison) -> Table:
     """A model's runtimes side by side, each figure with its ratio to PyTorch fp32."""
     from rich.table import Table
 
-    from embench.runtime_comparison import entry_cells
+    from embench.report.text import entry_cells
 
     against = f" (ratio to {comparison.reference})" if comparison.reference else ""
     table = Table(title=f"{comparison.title}: runtimes compared{against}")
@@ -182,7 +182,7 @@ def print_summary(run_id: str, state: str, seconds: float) -> None:
 
     from embench.console import stdout as console
     from embench.report import COLUMNS, cell, collect
-    from embench.runtime_comparison import peer_sentence
+    from embench.report.text import peer_sentence
     from embench.steps import RunContext
     from embench.store.db import make_engine, session_scope
     from embench.store.queries import dag_run_ingest_keys

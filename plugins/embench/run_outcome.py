@@ -4,7 +4,7 @@ A task that fails for good (its retries spent) leaves a record in the run's fold
 by the DAG's failure callback: which task, which benchmark group (host slot and map index),
 which try, and the error. The report matches the plan against what was stored: every
 planned target without a stored result is listed with the failure of its group, or of its
-host when the host could not be provisioned."""
+host when the host could not be provisioned (the report's "Not measured" section)."""
 
 from __future__ import annotations
 
@@ -102,18 +102,3 @@ def not_measured(
                 }
             )
     return missing
-
-
-def markdown_section(missing: list[dict[str, Any]], md: Any) -> list[str]:
-    """The report's "Not measured" section (nothing when every target was stored)."""
-    if not missing:
-        return []
-    lines = ["## Not measured", "", "| target | rep | host slot | why |", "|---|---|---|---|"]
-    for item in missing:
-        where = str(item[SLOT_LABEL])
-        if item.get("instance_type"):
-            where += f" ({item['instance_type']})"
-        lines.append(
-            f"| {md(item['target'])} | {item['repetition']} | {md(where)} | {md(item['reason'])} |"
-        )
-    return [*lines, ""]

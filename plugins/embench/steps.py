@@ -104,20 +104,62 @@ class RunContext:
         return self.run_dir() / f"map-{self.target_id}"
 
 
+def _untitled(schema: dict[str, Any]) -> None:
+    """The trigger form titles each param by its name (no "Models" from pydantic)."""
+    for field in schema.get("properties", {}).values():
+        field.pop("title", None)
+
+
+def _choice_of(values: Any) -> dict[str, Any]:
+    """The form's choices for a list param whose values parse_params checks (by name)."""
+    return {"items": {"type": "string", "enum": list(values)}, "uniqueItems": True}
+
+
 class RunParams(BaseModel):
-    """The DAG's params as a trigger form sends them, checked against the config."""
+    """The DAG's params as a trigger form sends them, checked against the config. The DAG's
+    trigger form is made from this model (embench.config.params.params_of): each field's
+    type, bounds, choices and description are the form's; the choices that depend on the
+    config (model ids, scenario names) the DAG adds."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_untitled)
 
-    models: list[str] = Field(min_length=1)
-    runtimes: list[str] = Field(default_factory=list)  # empty: each model's own runtimes
-    variants: list[str] = Field(default_factory=list)  # empty: each runtime's own list
-    scenarios: list[str] = Field(default_factory=list)  # empty: all
+    models: list[str] = Field(
+        min_length=1,
+        description="Model ids from config/models.yaml.",
+        json_schema_extra={"uniqueItems": True},
+    )
+    runtimes: list[str] = Field(  # empty: each model's own runtimes
+        default_factory=list,
+        description=(
+            "Empty: each model's own runtimes (models.yaml) and external servers (benchmark.yaml)."
+        ),
+        json_schema_extra=_choice_of(ALL_RUNTIMES),
+    )
+    variants: list[str] = Field(  # empty: each runtime's own list
+        default_factory=list,
+        description="Empty: each runtime's own variants from models.yaml.",
+        json_schema_extra=_choice_of(ALL_VARIANTS),
+    )
+    scenarios: list[str] = Field(  # empty: all (the form asks for one at least)
+        default_factory=list,
+        description="Scenarios from config/benchmark.yaml.",
+        json_schema_extra={"minItems": 1, "uniqueItems": True},
+    )
     repetitions: int = Field(default=1, ge=1, le=20)
-    provisioner: Literal["local", "ssh", "ec2"] = "local"
-    launcher: Launcher = "auto"
+    provisioner: Literal["local", "ssh", "ec2"] = Field(
+        default="local",
+        description="local: this machine; ssh: a host of host.ssh.hosts; ec2: an instance.",
+    )
+    launcher: Launcher = Field(
+        default="auto",
+        description="auto: docker (on this machine: process when no Docker daemon answers).",
+    )
     fail_on_regression: bool = False
-    autotune: bool | None = None  # None: benchmark.yaml's autotune.enabled
+    autotune: bool | None = Field(  # None: benchmark.yaml's autotune.enabled
+        default=None,
+        description="Tune the server's settings per host first (benchmark.yaml's autotune; "
+        "cached per host fingerprint).",
+    )
 
 
 def default_params(config: AppConfig) -> dict[str, Any]:

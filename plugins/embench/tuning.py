@@ -49,6 +49,7 @@ from client.scenario import (
 from embench.bench import write_scenario_file
 from embench.config.schema import PEER_RUNTIMES, RUNTIME_VARIANTS, AutotuneConfig
 from embench.errors import EmbenchError
+from embench.launch.handle import ServerHandle
 from embench.launch.site import Site
 from embench.paths import data_dir
 from server.config import RUNTIME_SPECIFIC, ServerSettings
@@ -243,25 +244,47 @@ def write_cache(key: str, record: dict[str, Any]) -> Path:
 
 
 def tuning_scenarios(space: AutotuneConfig, labels: dict[str, str]) -> ScenarioFile:
+    """The autotune's measurement: one short closed-loop slice (closed_slice_scenarios)."""
+    return closed_slice_scenarios(
+        name="autotune",
+        concurrency=space.concurrency,
+        measure_s=space.measure_s,
+        warmup_s=space.warmup_s,
+        texts_per_request=space.texts_per_request,
+        labels=labels,
+        length_bucket=space.length_bucket,
+    )
+
+
+def closed_slice_scenarios(
+    *,
+    name: str,
+    concurrency: int,
+    measure_s: float,
+    warmup_s: float,
+    texts_per_request: int,
+    labels: dict[str, str],
+    length_bucket: str = "short",
+) -> ScenarioFile:
     """One short closed-loop scenario: warm-up `warmup_s`, then `measure_s` measured as two
-    windows that are never extended (stability is not the question here: the interleaved
-    confirmation is)."""
+    windows that are never extended (stability is not the question for a slice: comparing
+    slices interleaved is). The autotune and the A/B comparison measure with it."""
     return ScenarioFile(
         scenarios=[
             ScenarioParams(
-                name="autotune",
+                name=name,
                 mode="closed",
-                concurrency=space.concurrency,
+                concurrency=concurrency,
                 min_requests=1,
-                min_duration_s=space.measure_s,
-                max_duration_s=2 * space.measure_s + space.warmup_s + 5,
-                texts_per_request=space.texts_per_request,
-                length_bucket=space.length_bucket,
+                min_duration_s=measure_s,
+                max_duration_s=2 * measure_s + warmup_s + 5,
+                texts_per_request=texts_per_request,
+                length_bucket=length_bucket,
             )
         ],
-        warmup=WarmupParams(requests=space.concurrency, duration_s=space.warmup_s),
+        warmup=WarmupParams(requests=concurrency, duration_s=warmup_s),
         stability=StabilityParams(
-            window_s=space.measure_s / 2,
+            window_s=measure_s / 2,
             window_requests=1,
             windows=2,
             tolerance=0.99,
@@ -271,6 +294,22 @@ def tuning_scenarios(space: AutotuneConfig, labels: dict[str, str]) -> ScenarioF
         options=ClientOptions(tokenizer=TOKENIZER_FILE),
         metadata=RunLabels(labels=labels),
     )
+
+
+def measure_slice(
+    site: Site,
+    handle: ServerHandle,
+    scenarios: Path,
+    out: Path,
+    client_name: str,
+    labels: dict[str, str],
+    timeout_s: float,
+) -> Measurement:
+    """Run the load client's one-scenario file against a running server; its figures."""
+    out.unlink(missing_ok=True)
+    site.run_client(handle, scenarios, out, client_name, labels, timeout_s)
+    (scenario,) = load_result(out).scenarios
+    return Measurement(qps=scenario.qps, p99_ms=scenario.p99_ms, p50_ms=scenario.p50_ms)
 
 
 class SiteMeasure:
@@ -304,7 +343,6 @@ class SiteMeasure:
         self.count += 1
         log_path = self.work_dir / f"server-{self.count}.log"
         out = self.work_dir / f"candidate-{self.count}.json"
-        out.unlink(missing_ok=True)
         try:
             handle = self.site.start_server(
                 self.prepared, f"{self.name}-server", self.labels, log_path, settings=settings
@@ -313,7 +351,8 @@ class SiteMeasure:
             log.warning("autotune: a server with %s did not start: %s", settings, exc)
             return Measurement(qps=0.0, p99_ms=None, error=str(exc).splitlines()[0][:300])
         try:
-            self.site.run_client(
+            return measure_slice(
+                self.site,
                 handle,
                 self.scenarios,
                 out,
@@ -323,8 +362,6 @@ class SiteMeasure:
             )
         finally:
             self.site.stop_server(handle, log_path)
-        (scenario,) = load_result(out).scenarios
-        return Measurement(qps=scenario.qps, p99_ms=scenario.p99_ms, p50_ms=scenario.p50_ms)
 
 
 def tune(

@@ -67,7 +67,8 @@ def embench_run(
     tmp_path: Path, model_cache: Path, prepared_minilm: dict
 ) -> Callable[..., LocalRun]:
     """Run `embench run ARGS` (the DAG once, dag.test()) with a short config, the session's
-    prepared model cache and a private data dir; `db_url` picks the results database."""
+    prepared model cache and a private data dir; `db_url` picks the results database and
+    `command` another command of the kind (`embench ab`)."""
 
     def run(
         *args: str,
@@ -75,6 +76,7 @@ def embench_run(
         scenario_seconds: float = 1.0,
         timeout: float = 600,
         host: dict | None = None,
+        command: str = "run",
     ) -> LocalRun:
         config_dir = write_short_config(tmp_path / "config", scenario_seconds, host)
         data_dir = tmp_path / "data"
@@ -87,7 +89,7 @@ def embench_run(
             "HF_HUB_OFFLINE": "1",
         }
         done = subprocess.run(
-            [sys.executable, "-m", "embench.cli", "run", *args],
+            [sys.executable, "-m", "embench.cli", command, *args],
             env=env,
             capture_output=True,
             text=True,

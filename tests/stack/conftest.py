@@ -14,13 +14,9 @@ import sqlalchemy as sa
 # helpers' checks (check_stored_results) report their failures as test asserts do.
 pytest.register_assert_rewrite("tests.stack.helpers")
 
-from embench.config import load_config  # noqa: E402
-from embench.prepare import prepare_model  # noqa: E402
 from tests.stack.helpers import (  # noqa: E402
     CELERY,
-    MODEL,
     REDIS_URL,
-    VARIANT,
     AirflowStack,
     write_short_config,
 )
@@ -44,12 +40,10 @@ def stack_config_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def warm_cache(tmp_path_factory: pytest.TempPathFactory, stack_config_dir: Path) -> Path:
-    """The model prepared (fp32 only) into a cache of this module, so that the DAG's
-    prepare_model is a cache hit."""
-    cache = tmp_path_factory.mktemp("stack-model-cache")
-    prepare_model(load_config(stack_config_dir), MODEL, [VARIANT], cache_root=cache)
-    return cache
+def warm_cache(model_cache: Path, prepared_minilm: dict) -> Path:
+    """The session's model cache, MiniLM prepared in it (fp32, optimized, int8), so that the
+    DAG's prepare_model is a cache hit."""
+    return model_cache
 
 
 @pytest.fixture(scope="module")

@@ -622,11 +622,11 @@ def trigger(stack: AirflowStack, conf: dict[str, Any]) -> httpx.Response:
     return stack.request("POST", f"/dags/{DAG_ID}/dagRuns", json=body)
 
 
-def wait_parsed(stack: AirflowStack) -> dict[str, Any]:
+def wait_parsed(stack: AirflowStack, dag_id: str = DAG_ID) -> dict[str, Any]:
     found: dict[str, Any] = {}
 
     def parsed() -> bool:
-        response = stack.request("GET", f"/dags/{DAG_ID}")
+        response = stack.request("GET", f"/dags/{dag_id}")
         if response.status_code == 200:
             found.update(response.json())
             return True
@@ -634,14 +634,14 @@ def wait_parsed(stack: AirflowStack) -> dict[str, Any]:
 
     def describe() -> str:
         errors = stack.request("GET", "/importErrors").text
-        return f"{DAG_ID} not parsed; import errors: {errors}"
+        return f"{dag_id} not parsed; import errors: {errors}"
 
     wait_for(parsed, 120, describe, stack.check_alive)
     return found
 
 
-def unpause(stack: AirflowStack) -> None:
-    response = stack.request("PATCH", f"/dags/{DAG_ID}", json={"is_paused": False})
+def unpause(stack: AirflowStack, dag_id: str = DAG_ID) -> None:
+    response = stack.request("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
     assert response.status_code == 200, response.text
     assert response.json()["is_paused"] is False
 

@@ -5,12 +5,18 @@ Invalid confs are rejected by the API, naming the param."""
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 
 from tests.stack.helpers import (
     DAG_ID,
+    MODEL,
+    USER,
     AirflowStack,
     check_stored_results,
     failure_report,
@@ -77,3 +83,65 @@ def test_invalid_conf_is_rejected_naming_the_param(
     assert response.json()["detail"].startswith(f"Invalid input for param {param}:"), response.text
     runs = airflow_stack.request("GET", f"/dags/{DAG_ID}/dagRuns").json()["dag_runs"]
     assert all(run["conf"].get(param) != value for run in runs)  # no run was created
+
+
+# ---- the pipeline gate: `embench trigger` against the real api-server ---------------------------
+AB_DAG_ID = "embedding_ab"
+
+
+def gate(stack: AirflowStack, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`embench trigger ARGS` as a pipeline runs it: credentials in the environment."""
+    env = {
+        **os.environ,
+        "EMBENCH_AIRFLOW_URL": stack.base_url,
+        "EMBENCH_AIRFLOW_USER": USER,
+        "EMBENCH_AIRFLOW_PASSWORD": stack.password,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "embench.cli", "trigger", "--poll", "2", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_the_gate_fails_a_slower_candidate_measured_against_its_baseline(
+    airflow_stack: AirflowStack,
+) -> None:
+    stack = airflow_stack
+    wait_parsed(stack, AB_DAG_ID)
+    unpause(stack, AB_DAG_ID)
+    # A candidate that gives up int8 for fp32: about 1.7 times slower on these machines.
+    done = gate(
+        stack,
+        "--dag", AB_DAG_ID, "--model", MODEL,
+        "--baseline", "onnx/int8", "--candidate", "onnx/fp32",
+        "--slices", "4", "--slice-s", "1.5", "--launcher", "process",
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output[-4000:]
+    assert f"triggered {AB_DAG_ID} manual__" in output
+    assert re.search(r"A/B .* qps: candidate/baseline 0\.\d+ \[0\.\d+, 0\.\d+\] -> slower", output)
+    assert "gate: REGRESSED" in output
+    assert stack.benchmark_servers() == []  # both servers stopped
+
+
+def test_the_gate_names_a_conf_airflow_refuses_and_a_run_that_failed(
+    airflow_stack: AirflowStack,
+) -> None:
+    stack = airflow_stack
+    wait_parsed(stack, AB_DAG_ID)
+    refused = gate(stack, "--dag", AB_DAG_ID, "--conf", '{"slices": 1}', "--model", MODEL)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "Airflow refused the run (400)" in refused.stderr
+    assert "slices" in refused.stderr
+    # The params pass the form, but models.yaml has no such pair: the run fails, exit 3.
+    failed = gate(
+        stack, "--dag", AB_DAG_ID, "--model", MODEL, "--candidate", "onnx/bf16", timeout=300
+    )
+    output = failed.stdout + failed.stderr
+    assert failed.returncode == 3, output[-4000:]
+    assert "failed task: plan_ab" in output
+    assert "gate: FAILED" in output

@@ -105,7 +105,7 @@ def test_the_report_ranks_configurations_by_cost_per_million(stored: str) -> Non
         )
         assert unpriced.how_to_price == "set benchmark.yaml cost.usd_per_hour[bench-9]"
         assert ranking.best == "onnx/int8 on c7i.large"
-    text = markdown(data.rows, data.verdicts, data.title, data)
+    text = markdown(data)
     section = text[text.index("## Cost per million embeddings") :]
     assert f"### {MODEL} closed-c1" in section
     table = section[section.index(f"### {MODEL} closed-c1") :].split("\n\n")[1].splitlines()
@@ -131,7 +131,7 @@ def test_an_unpriced_run_says_how_to_price_it(tmp_path: Path) -> None:
     ingest_result(engine, run_result(repetition=0))  # no labels: this machine, no price
     engine.dispose()
     data = report_of(url)
-    text = markdown(data.rows, data.verdicts, data.title, data)
+    text = markdown(data)
     assert (
         "No price: none of these results' hosts has a price per hour, so no cost is computed "
         "(set benchmark.yaml cost.usd_per_hour[local])."

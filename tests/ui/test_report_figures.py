@@ -60,7 +60,7 @@ def test_figures_carry_their_intervals_and_unsupported_percentiles_say_why(store
     engine, key = stored
     with session_scope(engine) as session:
         data = collect(session, [key], "figures")
-    text = markdown(data.rows, data.verdicts, data.title, data)
+    text = markdown(data)
     row = next(line for line in text.splitlines() if "| closed-c1 |" in line)
     assert "| 100.0 [95.0-105.0] |" in row  # QPS and its interval
     assert "| 20.0 [18.0-22.0] |" in row  # p99 and its interval
@@ -72,7 +72,7 @@ def test_the_peak_under_the_slo_has_its_own_table(stored) -> None:
     engine, key = stored
     with session_scope(engine) as session:
         data = collect(session, [key], "figures")
-    text = markdown(data.rows, data.verdicts, data.title, data)
+    text = markdown(data)
     peaks = text.split("## Peak throughput under the latency SLO", 1)[1].split("\n## ", 1)[0]
     row = next(line for line in peaks.splitlines() if "open-peak-p99-100ms" in line)
     assert "| 100.0 | rate | 60.0 | 59.5 |" in row and "| 1 | bracket [60, 65]" in row

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from embench.report import markdown
-from embench.runtime_comparison import compare_runtimes
+from embench.report.runtimes import compare_runtimes
 from embench.store.db import make_engine, upgrade_to_head
 from embench.store.ingest import ingest_result
 from tests.store.factory import MODEL, run_result
@@ -62,7 +62,7 @@ def test_each_target_is_put_against_pytorch_fp32_of_the_same_run(stored: str) ->
         assert entry.values["qps_c1"] == pytest.approx(qps, rel=1e-6)
         assert entry.relative["qps_c1"] == pytest.approx(qps / 100.0, rel=1e-6)
         assert entry.relative["p99_c1_ms"] == pytest.approx(p99 / 20.0, rel=1e-6)
-    text = markdown(data.rows, data.verdicts, data.title, data)
+    text = markdown(data)
     assert "## Runtimes compared" in text
     assert f"### {MODEL} (each figure, then its ratio to torch/fp32 measured in this run)" in text
     assert "| openvino | bf16 | 300.0 (3.00x) |" in text

@@ -9,9 +9,9 @@ import json
 import pytest
 
 from embench.report import TUNING_LABEL, collect, html, markdown, resolve_ingest_keys
+from embench.report.tuning import settings_text
 from embench.store.db import make_engine, session_scope, upgrade_to_head
 from embench.store.ingest import ingest_result
-from embench.tuning_report import settings_text
 from tests.store.factory import MODEL, run_result
 
 DEFAULT = {"workers": 2, "threads": 1, "spinning": False}
@@ -81,7 +81,7 @@ def test_each_tuned_target_is_one_row(report_data) -> None:
 
 
 def test_markdown_and_html_show_default_against_tuned(report_data) -> None:
-    text = markdown(report_data.rows, report_data.verdicts, report_data.title, report_data)
+    text = markdown(report_data)
     assert "## Tuned per host" in text
     assert (
         f"| {MODEL} | onnx | fp32 | 120.0 | 138.0 | 1.150 | 1 worker x 2 threads, spinning | 3 "
@@ -97,7 +97,7 @@ def test_no_tuning_no_section(report_data) -> None:
     from dataclasses import replace
 
     untuned = replace(report_data, tuning=[])
-    assert "Tuned per host" not in markdown(untuned.rows, untuned.verdicts, "t", untuned)
+    assert "Tuned per host" not in markdown(untuned)
     assert "Tuned per host" not in html(untuned, plotly_src="/plotly.js")
 
 

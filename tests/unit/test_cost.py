@@ -20,13 +20,13 @@ from embench.cost import (
     host_price,
     price_from_labels,
     price_labels,
-    rank_by_cost,
     scenario_costs,
     usd_for,
     usd_per_million,
 )
-from embench.cost import markdown_section as cost_markdown
 from embench.errors import ConfigError
+from embench.report import ReportData, markdown
+from embench.report.cost import rank_by_cost
 
 PRICES_DOC = "prices.yaml"
 
@@ -244,7 +244,7 @@ def test_a_search_scenario_is_priced_at_its_peak_too() -> None:
     assert ranking.search and ranking.ranked[0].usd_per_million_at_peak == pytest.approx(
         0.145 / 0.72, rel=1e-12
     )
-    text = "\n".join(cost_markdown([ranking]))
+    text = markdown(ReportData(title="t", rows=rows, verdicts=[], cost=[ranking]))
     header = "| rank | configuration | texts/s | $/hour | $/M embeddings | $/M at peak under SLO |"
     assert header in text
     assert "| 1 | onnx/int8 on c7g.xlarge | 180.0 | 0.145 | 0.2238 | 0.2014 |" in text

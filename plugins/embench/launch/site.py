@@ -529,7 +529,8 @@ class DockerSite:
 
 
 def server_image(config: AppConfig, prepared: dict[str, Any]) -> str:
-    return config.benchmark.images.server(prepared["runtime"])
+    """The target's own image where it names one (an A/B candidate's), else its runtime's."""
+    return prepared.get("image") or config.benchmark.images.server(prepared["runtime"])
 
 
 def model_volume(prepared: dict[str, Any]) -> str:

@@ -20,11 +20,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from embench.cost import PRICE_LABEL, CostRanking, usd_text
 from embench.errors import EmbenchError
-from embench.report import collect, resolve_ingest_keys
-from embench.report import html as report_html
-from embench.runtime_comparison import ratio_text, value_text
+from embench.report import collect, html, resolve_ingest_keys
+from embench.report.cost import CostRanking
+from embench.report.render import plotly_path
 from embench.store.detect import resolve_run
 from embench.store.models import NUMERIC_FIELDS, Run, ScenarioRow
 from embench.store.queries import (
@@ -42,7 +41,7 @@ from embench.store.queries import (
 )
 from embench.ui.auth import auth_error_handler, require_user, wants_html
 from embench.ui.db import read_only_engine, read_session
-from embench.ui.render import plotly_path, render
+from embench.ui.render import render
 
 STATUSES = ("complete", "incomplete", "failed")
 HISTORY_METRICS = (
@@ -458,10 +457,10 @@ def _routes(app: FastAPI) -> None:
             with _naming("run"):
                 keys, _ = resolve_ingest_keys(session, run)
             data = collect(session, keys, run)
-            comparison = [c.to_dict() for c in data.comparison if len(c.entries) > 1]
+            comparison = data.compared
             tuning = data.tuning
             cost = data.cost
-            cost_runs = [r for r in data.runs if r.get(PRICE_LABEL) is not None]
+            cost_runs = data.priced_runs
         return _page(
             request,
             "runtimes.html",
@@ -471,9 +470,6 @@ def _routes(app: FastAPI) -> None:
             tuning=tuning,
             cost=cost,
             cost_runs=cost_runs,
-            usd_text=usd_text,
-            value_text=value_text,
-            ratio_text=ratio_text,
         )
 
     @app.get("/report", response_class=HTMLResponse)
@@ -481,7 +477,7 @@ def _routes(app: FastAPI) -> None:
         with _naming("run"):
             keys, title = resolve_ingest_keys(session, run)
         data = collect(session, keys, title)
-        return HTMLResponse(report_html(data, plotly_src=f"{_base(request)}/static/plotly.min.js"))
+        return HTMLResponse(html(data, plotly_src=f"{_base(request)}/static/plotly.min.js"))
 
 
 # ---------------------------------------------------------------------- error handlers

@@ -1,11 +1,11 @@
 """The "Tuned per host" section of the run report: per tuned target, the default's and the
 tuned settings' QPS, their ratio and what was chosen, from the tuning record each result
-carries in its labels (embench.report.TUNING_LABEL, written by embench.tuning)."""
+carries in its labels (TUNING_LABEL, written by embench.tuning)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -66,39 +66,3 @@ def tuning_rows(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "measured_at": record.get("at"),
         }
     return list(rows.values())
-
-
-def _number(value: Any, digits: int = 1) -> str:
-    return "-" if value is None else f"{float(value):.{digits}f}"
-
-
-def markdown_section(rows: Sequence[Mapping[str, Any]], escape: Callable[[Any], str]) -> list[str]:
-    """The section in Markdown (nothing when no target was tuned)."""
-    if not rows:
-        return []
-    lines = [
-        "## Tuned per host",
-        "",
-        "The server's settings searched on this host before measuring (cached per host "
-        "fingerprint); a setting replaces the default only when it wins every interleaved "
-        "re-measurement by more than the margin (docs/methodology.md).",
-        "",
-        "| model | runtime | variant | default QPS | tuned QPS | ratio | chosen | "
-        "candidates | cache |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        cache = f"hit ({row['measured_at']})" if row["cache_hit"] else "measured"
-        cells = [
-            escape(row["model"]),
-            escape(row["runtime"]),
-            escape(row["variant"]),
-            _number(row["default_qps"]),
-            _number(row["tuned_qps"]),
-            _number(row["ratio"], 3),
-            escape(row["chosen"]),
-            str(row["candidates"]),
-            escape(cache),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return [*lines, ""]

@@ -11,10 +11,11 @@ import json
 import os
 from typing import Any
 
+from embench.cli.options import add_json
 from embench.console import stdout
 
 
-def add_container_commands(commands: Any) -> None:
+def add_commands(commands: Any) -> None:
     containers = commands.add_parser("containers", help="the pipeline's containers on a host")
     actions = containers.add_subparsers(dest="action", required=True, metavar="ACTION")
     sweep = actions.add_parser(
@@ -24,7 +25,7 @@ def add_container_commands(commands: Any) -> None:
         "--docker-url", help="Docker daemon (default: host.docker_url, DOCKER_HOST or the socket)"
     )
     sweep.add_argument("--dry-run", action="store_true", help="list what would be removed")
-    sweep.add_argument("--json", action="store_true", help="print JSON")
+    add_json(sweep)
     sweep.set_defaults(handler=cmd_sweep)
 
     hosts = commands.add_parser("hosts", help="the benchmark hosts the pipeline provisions")
@@ -32,7 +33,7 @@ def add_container_commands(commands: Any) -> None:
     host_sweep = host_actions.add_parser(
         "sweep", help="terminate the EC2 instances of DAG runs that are no longer alive"
     )
-    host_sweep.add_argument("--json", action="store_true", help="print JSON")
+    add_json(host_sweep)
     host_sweep.set_defaults(handler=cmd_hosts_sweep)
 
 

@@ -1,55 +1,27 @@
-"""The `embench` command line. Errors are one clear line on stderr, never a traceback."""
+"""`embench prepare`, `run`, `ab`, `trigger`, `bench`, `check-config` and `host-pools`: the
+pipeline on this machine. `run`, `ab` and `trigger` hand their options to the module that
+defines them (embench.local_run, embench.gate_cli)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from rich.table import Table
 
+from embench.cli.options import add_db_url, add_json, name_list, variant_list
 from embench.config import ALL_VARIANTS, RUNTIME_VARIANTS, load_config
 from embench.console import stdout
-from embench.errors import ConfigError, EmbenchError
+from embench.errors import EmbenchError
+
+# Commands whose options the module they hand to defines.
+PASSTHROUGH = ("run", "ab", "trigger")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    # `run` hands its options to embench.local_run, which defines them.
-    args, extra = parser.parse_known_args(argv)
-    if args.command == "run":
-        args.args = extra
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration plugin
-    handler: Callable[[argparse.Namespace], int] = args.handler
-    try:
-        return handler(args)
-    except ConfigError as exc:
-        print(f"embench: config error: {exc}", file=sys.stderr)
-        return 2
-    except EmbenchError as exc:
-        print(f"embench: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("embench: interrupted", file=sys.stderr)
-        return 130
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="embench", description=__doc__)
-    parser.add_argument("--config-dir", type=Path, help="folder with models.yaml, benchmark.yaml")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_commands(commands: Any) -> None:
     prepare = commands.add_parser(
         "prepare", help="export, optimize and quantize a model; check parity; cache the result"
     )
@@ -61,33 +33,45 @@ def _parser() -> argparse.ArgumentParser:
     )
     prepare.add_argument(
         "--variant",
-        type=_variant_list,
+        type=variant_list,
         help=f"comma-separated, from {','.join(ALL_VARIANTS)} (default: the model's list)",
     )
     prepare.add_argument("--cache-dir", type=Path, help="artifact cache (default: data dir)")
     prepare.add_argument("--force", action="store_true", help="rebuild even when cached")
-    prepare.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_json(prepare, "print JSON instead of a table")
     prepare.set_defaults(handler=_cmd_prepare)
 
     run = commands.add_parser(
         "run", add_help=False, help="run the whole DAG once on this machine (see run --help)"
     )
     run.set_defaults(handler=_cmd_run)
+    ab = commands.add_parser(
+        "ab",
+        add_help=False,
+        help="a candidate against a baseline, interleaved on this machine (see ab --help)",
+    )
+    ab.set_defaults(handler=lambda args: _gate("ab_main", args))
+    gate = commands.add_parser(
+        "trigger",
+        add_help=False,
+        help="a DAG run through Airflow's REST API, as a pipeline gate (see trigger --help)",
+    )
+    gate.set_defaults(handler=lambda args: _gate("trigger_main", args))
 
     bench = commands.add_parser(
         "bench", help="run benchmark.yaml's scenarios against a running server (the client)"
     )
     bench.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
-    bench.add_argument("--scenario", type=_name_list, help="comma-separated names (default: all)")
+    bench.add_argument("--scenario", type=name_list, help="comma-separated names (default: all)")
     bench.add_argument("--out", type=Path, help="result JSON (default: in the data dir)")
     bench.add_argument("--model", help="label the result (default: the server's /info)")
     bench.add_argument("--variant", help="label the result (default: the server's /info)")
     bench.add_argument("--ingest", action="store_true", help="store the result when done")
-    bench.add_argument("--db-url", help="results database (default: EMBENCH_DB_URL or SQLite)")
+    add_db_url(bench)
     bench.set_defaults(handler=_cmd_bench)
 
     check = commands.add_parser("check-config", help="validate models.yaml and benchmark.yaml")
-    check.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_json(check, "print JSON instead of text")
     check.set_defaults(handler=_cmd_check_config)
 
     pools = commands.add_parser(
@@ -96,28 +80,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     pools.set_defaults(handler=_cmd_host_pools)
 
-    from embench.store.commands import add_store_commands  # ingest, history, compare, ...
-
-    add_store_commands(commands)
-    from embench.report import add_report_command  # report RUN: Markdown + HTML
-
-    add_report_command(commands)
-    from embench.launch.commands import add_container_commands  # containers sweep
-
-    add_container_commands(commands)
-    return parser
-
-
-def _variant_list(value: str) -> list[str]:
-    variants = [v.strip() for v in value.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in ALL_VARIANTS]
-    if unknown or not variants:
-        raise argparse.ArgumentTypeError(
-            f"unknown variant {unknown[0] if unknown else value!r}; "
-            f"expected a comma-separated list from: {', '.join(ALL_VARIANTS)}"
-        )
-    return variants
-
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from embench.local_run import main as run_main
@@ -125,8 +87,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_main(args.args)
 
 
-def _name_list(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
+def _gate(name: str, args: argparse.Namespace) -> int:
+    from embench import gate_cli
+
+    main: Callable[[list[str]], int] = getattr(gate_cli, name)
+    return main(args.args)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -154,7 +119,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise EmbenchError(f"the load client exited with status {status}; result (if any): {out}")
     print(f"result: {out}")
     if args.ingest:
-        from embench.store.commands import cmd_ingest
+        from embench.cli.store import cmd_ingest
 
         ingest_args = argparse.Namespace(
             config_dir=args.config_dir, db_url=args.db_url, paths=[out], no_detect=False, json=False
@@ -265,7 +230,3 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
             )
         stdout.print(f"  scenarios: {', '.join(summary['scenarios'])}", highlight=False)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,13 +7,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 from sqlalchemy.engine import Engine
 
+from embench.cli.options import add_run_filters, add_store_options, add_target, iso_time
 from embench.console import stdout
 from embench.errors import EmbenchError
 from embench.store.limits import (
@@ -26,52 +26,50 @@ from embench.store.limits import (
 )
 
 
-def add_store_commands(commands: Any) -> None:
+def add_commands(commands: Any) -> None:
     """Register the store subcommands on the `embench` subparsers object."""
     ingest = commands.add_parser("ingest", help="store result JSON files (idempotent)")
     ingest.add_argument("paths", nargs="+", type=Path, help="result files or folders of them")
     ingest.add_argument("--no-detect", action="store_true", help="store without judging")
-    _common(ingest)
+    add_store_options(ingest)
     ingest.set_defaults(handler=cmd_ingest)
 
     history = commands.add_parser("history", help="a metric over time")
-    history.add_argument("--model", required=True)
-    history.add_argument("--variant")
+    add_target(history, model_required=True)
     history.add_argument("--scenario")
-    history.add_argument("--runtime")
     history.add_argument("--key", help="restrict to one comparability key")
     history.add_argument("--metric", default="p99_ms")
-    history.add_argument("--since", type=_date, help="ISO date or time (UTC)")
-    history.add_argument("--until", type=_date)
+    history.add_argument("--since", type=iso_time, help="ISO date or time (UTC)")
+    history.add_argument("--until", type=iso_time)
     history.add_argument(
         "--limit",
         type=_limit(HISTORY_LIMIT_MAX),
         default=HISTORY_LIMIT_DEFAULT,
         help=f"the newest N points (default {HISTORY_LIMIT_DEFAULT}, at most {HISTORY_LIMIT_MAX})",
     )
-    _common(history)
+    add_store_options(history)
     history.set_defaults(handler=cmd_history)
 
     compare = commands.add_parser("compare", help="two runs side by side with deltas")
     compare.add_argument("run_a", help="ingest key, run_id or run number")
     compare.add_argument("run_b")
-    _common(compare)
+    add_store_options(compare)
     compare.set_defaults(handler=cmd_compare)
 
     runs = commands.add_parser("runs", help="list stored runs")
-    _filters(runs)
+    add_run_filters(runs)
     runs.add_argument(
         "--limit",
         type=_limit(RUNS_LIMIT_MAX),
         default=RUNS_LIMIT_DEFAULT,
         help=f"the newest N runs (default {RUNS_LIMIT_DEFAULT}, at most {RUNS_LIMIT_MAX})",
     )
-    _common(runs)
+    add_store_options(runs)
     runs.set_defaults(handler=cmd_runs)
 
     latest = commands.add_parser("latest", help="comparison table of the newest runs")
     latest.add_argument("--model")
-    _common(latest)
+    add_store_options(latest)
     latest.set_defaults(handler=cmd_latest)
 
     baseline = commands.add_parser(
@@ -87,55 +85,37 @@ def add_store_commands(commands: Any) -> None:
             "nights before it (an upgrade verdict) unless --no-compare."
         ),
     )
-    mark.add_argument("--model", required=True)
-    mark.add_argument("--variant", help="default: every variant")
-    mark.add_argument("--runtime", help="default: every runtime")
+    add_target(
+        mark,
+        model_required=True,
+        variant_help="default: every variant",
+        runtime_help="default: every runtime",
+    )
     mark.add_argument("--scenario", help="default: every scenario")
     mark.add_argument("--reason", required=True, help="what changed, and why")
-    mark.add_argument("--at", type=_date, help="ISO date or time (UTC) the change took effect")
+    mark.add_argument("--at", type=iso_time, help="ISO date or time (UTC) the change took effect")
     mark.add_argument(
         "--no-compare",
         dest="compare",
         action="store_false",
         help="do not compare the nights after the mark with those before",
     )
-    _common(mark)
+    add_store_options(mark)
     mark.set_defaults(handler=cmd_baseline_mark)
     marks = actions.add_parser("list", help="the baseline marks, newest first")
     marks.add_argument("--model")
-    _common(marks)
+    add_store_options(marks)
     marks.set_defaults(handler=cmd_baseline_list)
     remove = actions.add_parser("remove", help="delete a baseline mark made by mistake")
     remove.add_argument("id", type=int)
-    _common(remove)
+    add_store_options(remove)
     remove.set_defaults(handler=cmd_baseline_remove)
 
     export = commands.add_parser("export", help="scenario results as CSV")
-    _filters(export)
+    add_run_filters(export)
     export.add_argument("--output", "-o", type=Path, help="CSV file (default: stdout)")
-    _common(export)
+    add_store_options(export)
     export.set_defaults(handler=cmd_export)
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db-url", help="results database (default: EMBENCH_DB_URL or SQLite)")
-    parser.add_argument("--json", action="store_true", help="print JSON")
-
-
-def _filters(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model")
-    parser.add_argument("--variant")
-    parser.add_argument("--runtime")
-    parser.add_argument("--status", choices=["complete", "incomplete", "failed"])
-    parser.add_argument("--since", type=_date, help="ISO date or time (UTC)")
-    parser.add_argument("--until", type=_date)
-
-
-def _date(value: str) -> datetime:
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not an ISO date or time: {value!r}") from exc
 
 
 def _limit(maximum: int) -> Any:

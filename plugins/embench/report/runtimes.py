@@ -9,7 +9,7 @@ mostly noise. Repetitions of a target are pooled by their median."""
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -83,7 +83,7 @@ def _closed(rows: Sequence[dict[str, Any]], concurrency: int) -> list[dict[str, 
 def compare_runtimes(
     rows: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]]
 ) -> list[ModelComparison]:
-    """`rows` and `runs` as embench.report.collect reads them (one scenario of one stored run
+    """`rows` and `runs` as collect reads them (one scenario of one stored run
     per row; one stored run per run). Invalid figures are left out, never compared; a measure
     no target has (the peak, without a search scenario) is left out of the table."""
     comparisons = []
@@ -161,71 +161,3 @@ def _ratios(
         of_base = base.values.get(key) if base is not None else None
         ratios[key] = value / of_base if value is not None and of_base else None
     return ratios
-
-
-def peer_sentence(comparison: ModelComparison, escape: Callable[[Any], str] = str) -> str | None:
-    """One line: each other target's throughput over the peer server's, same run."""
-    if comparison.peer is None:
-        return None
-    shown = [m for m in comparison.measures if m.key in PEER_MEASURES]
-    parts = []
-    for entry in comparison.entries:
-        if f"{entry.runtime}/{entry.variant}" == comparison.peer:
-            continue
-        ratios = " / ".join(ratio_text(entry.versus_peer.get(m.key)) for m in shown)
-        parts.append(f"{escape(entry.runtime)}/{escape(entry.variant)} {ratios}")
-    labels = " / ".join(m.label for m in shown)
-    return f"Against the peer server {comparison.peer} in this run ({labels}): " + "; ".join(parts)
-
-
-def value_text(key: str, value: float | None) -> str:
-    if value is None:
-        return "-"
-    if key == "parity_mean_cosine":
-        return f"{value:.5f}"
-    if key.startswith("usd_"):
-        return f"{value:.4g}"
-    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
-
-
-def ratio_text(ratio: float | None) -> str:
-    return f"{ratio:.2f}x" if ratio is not None else "-"
-
-
-def entry_cells(comparison: ModelComparison, entry: Entry) -> list[str]:
-    """An entry's figures as text, each followed by its ratio when there is one."""
-    cells = []
-    for m in comparison.measures:
-        ratio = entry.relative[m.key]
-        cells.append(
-            value_text(m.key, entry.values[m.key])
-            + (f" ({ratio_text(ratio)})" if ratio is not None else "")
-        )
-    return cells
-
-
-def markdown_section(
-    comparisons: Sequence[ModelComparison], escape: Callable[[Any], str] = str
-) -> list[str]:
-    """The "Runtimes compared" section of the Markdown report (empty with one target only);
-    `escape` makes a stored name safe in Markdown."""
-    shown = [c for c in comparisons if len(c.entries) > 1]
-    if not shown:
-        return []
-    lines = ["## Runtimes compared", ""]
-    for comparison in shown:
-        if comparison.reference:
-            note = f"each figure, then its ratio to {comparison.reference} measured in this run"
-        else:
-            note = "PyTorch fp32 was not measured in this run: no ratios"
-        lines += [f"### {escape(comparison.title)} ({note})", ""]
-        labels = [m.label for m in comparison.measures]
-        lines.append("| runtime | variant | " + " | ".join(labels) + " |")
-        lines.append("|---|---|" + "---|" * len(labels))
-        for entry in comparison.entries:
-            who = f"| {escape(entry.runtime)} | {escape(entry.variant)} | "
-            lines.append(who + " | ".join(entry_cells(comparison, entry)) + " |")
-        lines.append("")
-        if sentence := peer_sentence(comparison, escape):
-            lines += [sentence, ""]
-    return lines

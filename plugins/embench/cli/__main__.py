@@ -1,0 +1,7 @@
+"""`python -m embench.cli`."""
+
+import sys
+
+from embench.cli import main
+
+sys.exit(main())
