@@ -16,7 +16,8 @@ pool of one per host). Slot N > 0's tasks carry the suffix `_N`.
                             -> stop_server (teardown) -> store_results
          -> release_host (teardown)
     (every host) -> detect_regressions (repetitions pooled) -> report (incl. what was not
-                    measured, and why)
+                    measured, and why) -> outcome (the run's state: failed when a task failed,
+                    or when it regressed with fail_on_regression)
 
 Trigger it from the UI with the form (models, runtimes, variants, scenarios, repetitions,
 provisioner, launcher, fail on regression, autotune) or let it run nightly. Settings:
@@ -204,6 +205,19 @@ def embedding_benchmark() -> None:
     def report(params: dict[str, Any] | None = None) -> str:
         return steps.report(ctx(), params or {}, CONFIG)
 
+    @task(trigger_rule="all_done", execution_timeout=timedelta(minutes=1))
+    def outcome(params: dict[str, Any] | None = None) -> int:
+        ti = get_current_context()["ti"]
+        states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id])
+        failed = [
+            task_id
+            for run_states in states.values()
+            for task_id, state in run_states.items()
+            if state in ("failed", "upstream_failed")
+        ]
+        verdicts = ti.xcom_pull(task_ids="detect_regressions") or []
+        return steps.outcome(verdicts, failed, ctx(), params or {}, CONFIG)
+
     planned = plan()
     judged = detect_regressions()
     for slot in SLOTS:
@@ -217,7 +231,7 @@ def embedding_benchmark() -> None:
         )
         groups, released = slot_lane(slot, targets)
         groups >> released >> judged
-    judged >> report()
+    judged >> report() >> outcome()
 
 
 embedding_benchmark()

@@ -623,9 +623,30 @@ def detect_regressions(
     explained = [v for v in verdicts if v["status"] == "explained"]
     for verdict in explained:
         log.warning("EXPLAINED by the host %s %s", verdict["metric"], verdict["reason"])
+    return verdicts
+
+
+def outcome(
+    verdicts: list[dict[str, Any]],
+    failed_tasks: list[str],
+    ctx: RunContext,
+    params: dict[str, Any],
+    config: AppConfig,
+) -> int:
+    """The run's last task, and so its state: failed when a task of the run failed for good
+    (the tasks before it run whatever happened, so without it a failed group or report would
+    end in a "success"), or when the run regressed and its params say that fails it. Last, so
+    that the verdicts are stored and the report written whatever it decides. Returns how many
+    figures regressed."""
+    if failed_tasks:
+        raise EmbenchError(
+            f"{len(failed_tasks)} task(s) of {ctx.dag_id}/{ctx.run_id} failed: "
+            + ", ".join(sorted(failed_tasks))
+        )
+    regressed = [v for v in verdicts if v["status"] == "regressed"]
     if regressed and parse_params(params, config).fail_on_regression:
         raise RegressionFound(f"{len(regressed)} regression(s) in {ctx.dag_id}/{ctx.run_id}")
-    return verdicts
+    return len(regressed)
 
 
 # ------------------------------------------------------------------------------- report

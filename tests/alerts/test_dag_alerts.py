@@ -139,3 +139,15 @@ def test_a_dag_run_that_fails_alerts_its_failure_and_its_regressions(
         assert error in re.sub(r"<[^>]+>", "", where), where
         assert where.count("change -20.") == 2 and report_url(run_id) in where
     assert post["json"]["alert"]["failed"] is True
+
+
+def test_a_regression_fails_the_run_when_its_params_say_so(
+    tmp_path: Path, smtp_server: SmtpServer, webhook: Webhook
+) -> None:
+    run = run_dag(tmp_path, smtp_server, webhook, {**CONF, "fail_on_regression": True})
+    assert run["state"] == "failed", run["output"][-5000:]
+    # the run's last task decided it, after the report was written and the verdicts stored
+    assert "RegressionFound: 2 regression(s) in" in run["output"]
+    [post] = webhook.posts
+    assert post["json"]["alert"]["failed"] is True
+    assert Path(post["json"]["alert"]["report_path"]).is_file()

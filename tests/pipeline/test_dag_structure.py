@@ -36,6 +36,7 @@ def test_task_graph(dag):
         "release_host",
         "detect_regressions",
         "report",
+        "outcome",
         *(
             f"{GROUP}.{t}"
             for t in (
@@ -71,6 +72,11 @@ def test_task_graph(dag):
     assert task("detect_regressions").trigger_rule == "all_done"
     assert task("report").trigger_rule == "all_done"
     assert "detect_regressions" in task("report").upstream_task_ids
+    # last, whatever came before: its failure (a failed task, or a regression with
+    # fail_on_regression) is the run's, after the verdicts were stored and the report written
+    last = task("outcome")
+    assert last.upstream_task_ids == {"report"}
+    assert last.trigger_rule == "all_done" and not last.downstream_task_ids
 
 
 def test_every_setup_is_paired_with_its_teardown(dag):
