@@ -121,6 +121,7 @@ def test_the_gate_fails_a_slower_candidate_measured_against_its_baseline(
         "--slices", "4", "--slice-s", "1.5", "--launcher", "process",
     )  # fmt: skip
     output = done.stdout + done.stderr
+    print(output)  # what a pipeline's log shows (pytest -s)
     assert done.returncode == 1, output[-4000:]
     assert f"triggered {AB_DAG_ID} manual__" in output
     assert re.search(r"A/B .* qps: candidate/baseline 0\.\d+ \[0\.\d+, 0\.\d+\] -> slower", output)
