@@ -15,9 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -25,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.server_vs_inprocess import prepared_dir  # noqa: E402
 from tests.server.hostile_battery import (  # noqa: E402
     TEST_LIMITS,
     Limits,
@@ -33,14 +31,6 @@ from tests.server.hostile_battery import (  # noqa: E402
     table_header,
     table_row,
 )
-
-
-def prepared_dir(model: str, variant: str) -> Path:
-    command = [sys.executable, "-m", "embench.cli", "prepare", "--json"]
-    command += ["--model", model, "--variant", variant]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
-    return Path(json.loads(out.stdout)[0]["path"])
 
 
 def parse_args() -> argparse.Namespace:

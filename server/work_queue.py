@@ -245,14 +245,12 @@ class WorkQueue:
             self._stopping = True
             self._cond.notify_all()
 
-    def worker_died(self, reason: str, workers_left: int) -> list[Job]:
-        """Refuse new work from now on; with no worker left, empty the queue and return the
-        jobs it held (the caller fails them)."""
+    def worker_died(self, reason: str, *, drain: bool) -> list[Job]:
+        """Refuse new work from now on; with `drain` (no worker is left to compute it), empty
+        the queue and return the jobs it held (the caller fails them)."""
         with self._cond:
             self._failure = self._failure or reason
-            if workers_left:
-                return []
-            return self._drain()
+            return self._drain() if drain else []
 
     def drain(self) -> list[Job]:
         """Empty the queue; returns the jobs it held."""

@@ -84,7 +84,9 @@ class Threads:
             thread.start()
         for i in range(self._workers):
             name = self._name if self._workers == 1 else f"{self._name}-{i}"
-            thread = threading.Thread(target=self._worker, args=(name,), name=name, daemon=True)
+            thread = threading.Thread(
+                target=self._worker, args=(f"inference worker {name}",), name=name, daemon=True
+            )
             self.inference.append(thread)
             thread.start()
 
@@ -114,17 +116,26 @@ class Threads:
     # ---- tokenizers ----------------------------------------------------------------------------
     def _tokenizer(self) -> None:
         pending = self._to_tokenize
-        while (job := pending.get()) is not None:
-            # Every request waiting now, in one tokenizer call: one hand-off, one lock.
-            jobs = [job]
-            with contextlib.suppress(queue.Empty):
-                while len(jobs) < TOKENIZE_JOBS_PER_CALL:
-                    more = pending.get_nowait()
-                    if more is None:
-                        pending.put(None)  # stop after this round
-                        break
-                    jobs.append(more)
-            self._tokenize_jobs(jobs)
+        jobs: list[Job] = []
+        try:
+            while (job := pending.get()) is not None:
+                # Every request waiting now, in one tokenizer call: one hand-off, one lock.
+                jobs = [job]
+                with contextlib.suppress(queue.Empty):
+                    while len(jobs) < TOKENIZE_JOBS_PER_CALL:
+                        more = pending.get_nowait()
+                        if more is None:
+                            pending.put(None)  # stop after this round
+                            break
+                        jobs.append(more)
+                self._tokenize_jobs(jobs)
+                jobs = []
+        except BaseException as exc:  # the thread is lost: say so, fail what it held
+            me = threading.current_thread()
+            alive = sum(1 for t in self.tokenizers if t is not me and t.is_alive())
+            held = jobs + ([] if alive else self.untokenized())
+            self._work.tokenized(held, {id(job) for job in held})  # none will be queued
+            self._thread_died(me.name, exc, held)
 
     def _tokenize_jobs(self, jobs: list[Job]) -> None:
         """Tokenize requests' texts and queue them, failing the requests whose texts fail."""
@@ -178,13 +189,21 @@ class Threads:
                     gathered_s = 0.0
                 window = []
         except BaseException as exc:  # the thread is lost: say so, fail what it held
-            reason = f"inference worker {name} died: {type(exc).__name__}: {exc}"
-            log.critical(reason, exc_info=exc)
             me = threading.current_thread()
             alive = sum(1 for t in self.inference if t is not me and t.is_alive())
-            jobs = self._work.worker_died(reason, alive) + [entry.job for entry in window]
-            error = WorkerFailed(reason)
-            self.post(lambda: _fail([(job, error) for job in jobs]))
+            self._thread_died(name, exc, [entry.job for entry in window], queue_lost=not alive)
+
+    def _thread_died(
+        self, name: str, exc: BaseException, held: list[Job], *, queue_lost: bool = False
+    ) -> None:
+        """A tokenizer or inference thread ended on an error outside any request: the queue
+        refuses new work from now on (/health says why); the jobs the thread held fail, and
+        so does the queue when no inference worker is left to drain it."""
+        reason = f"{name} died: {type(exc).__name__}: {exc}"
+        log.critical(reason, exc_info=exc)
+        jobs = self._work.worker_died(reason, drain=queue_lost) + held
+        error = WorkerFailed(reason)
+        self.post(lambda: _fail([(job, error) for job in jobs]))
 
     def _compute(self, batch: list[Entry], gathered_s: float) -> None:
         """Run one batch (its live texts) and post the answers to the event loop."""

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from client.stats import mean_interval
 from embench.bench import write_scenario_file
 from embench.config import AppConfig
-from embench.errors import ConfigError
+from embench.errors import ConfigError, params_error
 from embench.launch.handle import ServerHandle
 from embench.launch.site import open_site
 from embench.served_parity import check_target_parity
@@ -99,9 +99,7 @@ def parse_ab(params: dict[str, Any], config: AppConfig) -> ABParams:
     try:
         ab = ABParams.model_validate({k: v for k, v in params.items() if v is not None})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"A/B params: {where}: {first['msg']}") from None
+        raise params_error("A/B params", exc) from None
     model = config.model(ab.model)  # names the known ids when unknown
     targets = model.targets()
     known_settings = set(ServerSettings.model_fields) - {"model_dir", "runtime", "port", "host"}

@@ -19,7 +19,7 @@ from embench.bench import scenario_file, write_scenario_file
 from embench.config import AppConfig
 from embench.config.schema import ALL_RUNTIMES, ALL_VARIANTS, EXTERNAL_RUNTIME
 from embench.cost import host_price, price_labels
-from embench.errors import ConfigError, EmbenchError
+from embench.errors import ConfigError, EmbenchError, params_error
 from embench.host_slots import SLOT_LABEL, assign, slot_of_task, slots_in_use, targets_of
 from embench.hosts import Host, make_provisioner
 from embench.launch.docker_server import RunIsLive, deployment_name
@@ -181,9 +181,7 @@ def parse_params(params: dict[str, Any], config: AppConfig) -> RunParams:
     try:
         parsed = RunParams.model_validate({k: v for k, v in params.items() if v is not None})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"DAG params: {where}: {first['msg']}") from None
+        raise params_error("DAG params", exc) from None
     for model_id in parsed.models:
         config.model(model_id)  # names the known ids when unknown
     for runtime in parsed.runtimes:

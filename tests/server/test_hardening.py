@@ -258,3 +258,23 @@ async def test_the_servers_byte_bound_is_its_setting(tmp_path: Path, fake: FakeE
         assert refused.status_code == 429
         assert refused.json()["error"]["code"] == "queue_full"
         assert "bytes" in refused.json()["error"]["message"]
+
+
+async def test_a_dead_tokenizer_thread_is_reported_too(tmp_path: Path):
+    fake = FakeEmbedder()
+    original = fake.tokenize
+
+    def tokenize(texts):
+        if any("KILL" in text for text in texts):
+            raise WorkerKiller("the tokenizer took the thread down")
+        return original(texts)
+
+    fake.tokenize = tokenize  # type: ignore[method-assign]
+    async with (
+        serve_on_socket(fake_settings(tmp_path), fake) as url,
+        httpx.AsyncClient(base_url=url, timeout=30) as client,
+    ):
+        killed = await client.post("/embed", json={"texts": ["KILL it"]})
+        assert killed.status_code == 503 and killed.json()["error"]["code"] == "worker_failed"
+        health = (await client.get("/health")).json()
+        assert health["status"] == "failed" and "tokenizer-0 died: WorkerKiller" in health["error"]

@@ -1,7 +1,7 @@
 """The `embench` command line. Errors are one clear line on stderr, never a traceback.
 
-Every subcommand is defined in this package, one module per area (pipeline, store, report,
-sweep); options more than one command takes are defined once, in options.py."""
+Every subcommand is defined in this package, one module per area (pipeline, gate, store,
+report, sweep); options more than one command takes are defined once, in options.py."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from embench.errors import ConfigError, EmbenchError
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    # `run`, `ab` and `trigger` hand their options to the module that defines them.
+    # `run` hands its options to the module that defines them.
     args, extra = parser.parse_known_args(argv)
     if args.command in PASSTHROUGH:
         args.args = extra
@@ -44,12 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from embench.cli import pipeline, report, store, sweep
+    from embench.cli import gate, pipeline, report, store, sweep
 
     parser = argparse.ArgumentParser(prog="embench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-dir", type=Path, help="folder with models.yaml, benchmark.yaml")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for area in (pipeline, store, report, sweep):
+    for area in (pipeline, gate, store, report, sweep):
         area.add_commands(commands)
     return parser

@@ -67,3 +67,37 @@ def variant_list(value: str) -> list[str]:
             f"expected a comma-separated list from: {', '.join(ALL_VARIANTS)}"
         )
     return variants
+
+
+LAUNCHERS = ("auto", "docker", "process")
+SELECTION = ("models", "runtimes", "variants", "scenarios")
+
+
+def add_launcher(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument("--launcher", choices=LAUNCHERS)
+
+
+def add_selection(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """What a benchmark run measures: comma-separated filters of benchmark.yaml's matrix."""
+    parser.add_argument(
+        "--models", type=name_list, help="comma-separated model ids (default: benchmark.yaml)"
+    )
+    parser.add_argument(
+        "--runtimes",
+        type=name_list,
+        help="comma-separated: onnx, torch, openvino (default: each model's)",
+    )
+    parser.add_argument(
+        "--variants", type=name_list, help="comma-separated variants (default: each runtime's)"
+    )
+    parser.add_argument(
+        "--scenarios", type=name_list, help="comma-separated scenario names (default: all)"
+    )
+
+
+def selection_conf(args: argparse.Namespace) -> dict[str, object]:
+    """The DAG params the selection options (and --launcher) give."""
+    conf: dict[str, object] = {k: getattr(args, k) for k in SELECTION if getattr(args, k, None)}
+    if getattr(args, "launcher", None):
+        conf["launcher"] = args.launcher
+    return conf

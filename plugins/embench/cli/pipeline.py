@@ -1,12 +1,10 @@
-"""`embench prepare`, `run`, `ab`, `trigger`, `bench`, `check-config` and `host-pools`: the
-pipeline on this machine. `run`, `ab` and `trigger` hand their options to the module that
-defines them (embench.local_run, embench.gate_cli)."""
+"""`embench prepare`, `run`, `bench`, `check-config` and `host-pools`: the pipeline on this
+machine. `run` hands its options to embench.local_run, which defines them."""
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ from embench.console import stdout
 from embench.errors import EmbenchError
 
 # Commands whose options the module they hand to defines.
-PASSTHROUGH = ("run", "ab", "trigger")
+PASSTHROUGH = ("run",)
 
 
 def add_commands(commands: Any) -> None:
@@ -45,18 +43,6 @@ def add_commands(commands: Any) -> None:
         "run", add_help=False, help="run the whole DAG once on this machine (see run --help)"
     )
     run.set_defaults(handler=_cmd_run)
-    ab = commands.add_parser(
-        "ab",
-        add_help=False,
-        help="a candidate against a baseline, interleaved on this machine (see ab --help)",
-    )
-    ab.set_defaults(handler=lambda args: _gate("ab_main", args))
-    gate = commands.add_parser(
-        "trigger",
-        add_help=False,
-        help="a DAG run through Airflow's REST API, as a pipeline gate (see trigger --help)",
-    )
-    gate.set_defaults(handler=lambda args: _gate("trigger_main", args))
 
     bench = commands.add_parser(
         "bench", help="run benchmark.yaml's scenarios against a running server (the client)"
@@ -85,13 +71,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from embench.local_run import main as run_main
 
     return run_main(args.args)
-
-
-def _gate(name: str, args: argparse.Namespace) -> int:
-    from embench import gate_cli
-
-    main: Callable[[list[str]], int] = getattr(gate_cli, name)
-    return main(args.args)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

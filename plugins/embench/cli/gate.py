@@ -15,22 +15,54 @@ from collections.abc import Callable
 from typing import Any
 
 from embench import trigger
+from embench.cli.options import add_launcher, add_selection, selection_conf
 from embench.console import stdout as console
+from embench.errors import ConfigError
 
 AB_DAG_ID = "embedding_ab"
+
+
+def add_commands(commands: Any) -> None:
+    from embench import ab
+
+    ab_parser = commands.add_parser(
+        "ab",
+        help="a candidate against a baseline, interleaved on this machine",
+        description=ab.__doc__.split("\n\n")[0],
+    )
+    add_ab_options(ab_parser)
+    ab_parser.set_defaults(handler=cmd_ab)
+
+    gate = commands.add_parser(
+        "trigger",
+        help="a DAG run through Airflow's REST API, as a pipeline gate",
+        description=trigger.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    gate.add_argument("--url", help="Airflow's API server (default: $EMBENCH_AIRFLOW_URL)")
+    gate.add_argument(
+        "--dag", default=trigger.DAG_ID, help=f"{trigger.DAG_ID} (default) or {AB_DAG_ID}"
+    )
+    gate.add_argument("--conf", help="the run's params as JSON (merged under the options)")
+    add_selection(gate.add_argument_group(f"the run's selection ({trigger.DAG_ID})"))
+    add_ab_options(gate.add_argument_group(f"A/B ({AB_DAG_ID})"))
+    gate.add_argument("--timeout", type=float, default=3600, help="seconds to wait (3600)")
+    gate.add_argument("--poll", type=float, default=5.0, help="seconds between polls (5)")
+    gate.add_argument("--note", help="a note on the run (e.g. the pipeline's build URL)")
+    gate.set_defaults(handler=cmd_trigger)
 
 
 def _side(value: str, image: str | None, settings: list[str]) -> dict[str, Any]:
     runtime, _, variant = value.partition("/")
     if not variant:
-        raise SystemExit(f"embench ab: expected RUNTIME/VARIANT (e.g. onnx/int8), got {value!r}")
+        raise ConfigError(f"expected RUNTIME/VARIANT (e.g. onnx/int8), got {value!r}")
     side: dict[str, Any] = {"runtime": runtime, "variant": variant, "settings": {}}
     if image:
         side["image"] = image
     for item in settings:
         key, sep, raw = item.partition("=")
         if not sep:
-            raise SystemExit(f"embench ab: expected KEY=VALUE for a setting, got {item!r}")
+            raise ConfigError(f"expected KEY=VALUE for a server setting, got {item!r}")
         try:
             side["settings"][key] = json.loads(raw)
         except json.JSONDecodeError:
@@ -39,10 +71,12 @@ def _side(value: str, image: str | None, settings: list[str]) -> dict[str, Any]:
 
 
 def ab_conf(args: argparse.Namespace) -> dict[str, Any]:
-    conf: dict[str, Any] = {
-        "baseline": _side(args.baseline, args.baseline_image, args.baseline_setting),
-        "candidate": _side(args.candidate, args.candidate_image, args.candidate_setting),
-    }
+    """The A/B params the options give (a side only where an option names it)."""
+    conf: dict[str, Any] = {}
+    for name in ("baseline", "candidate"):
+        pair, image, settings = (getattr(args, f"{name}{k}") for k in ("", "_image", "_setting"))
+        if pair or image or settings:
+            conf[name] = _side(pair or "onnx/fp32", image, settings)
     for key in ("model", "slices", "slice_s", "concurrency", "precision", "launcher"):
         if getattr(args, key) is not None:
             conf[key] = getattr(args, key)
@@ -51,8 +85,8 @@ def ab_conf(args: argparse.Namespace) -> dict[str, Any]:
 
 def add_ab_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model id (default: benchmark.yaml's first)")
-    parser.add_argument("--baseline", default="onnx/fp32", help="RUNTIME/VARIANT")
-    parser.add_argument("--candidate", default="onnx/int8", help="RUNTIME/VARIANT")
+    parser.add_argument("--baseline", help="RUNTIME/VARIANT (onnx/fp32)")
+    parser.add_argument("--candidate", help="RUNTIME/VARIANT (embench ab: onnx/int8)")
     parser.add_argument("--baseline-image", help="a server image for the baseline")
     parser.add_argument("--candidate-image", help="a server image for the candidate")
     for side in ("baseline", "candidate"):
@@ -67,27 +101,20 @@ def add_ab_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slice-s", type=float, help="measured seconds a slice (5)")
     parser.add_argument("--concurrency", type=int, help="closed-loop requests in flight (16)")
     parser.add_argument("--precision", type=float, help="relative change that counts (0.05)")
-    parser.add_argument("--launcher", choices=["auto", "docker", "process"])
+    add_launcher(parser)
 
 
-def ab_main(argv: list[str] | None = None) -> int:
+def cmd_ab(args: argparse.Namespace) -> int:
     from embench import ab
     from embench.config import load_config
-    from embench.errors import ConfigError
     from embench.local_run import airflow_environment, prepare_airflow, run_dag
     from embench.steps import RunContext
 
-    parser = argparse.ArgumentParser(prog="embench ab", description=ab.__doc__.split("\n\n")[0])
-    add_ab_options(parser)
-    args = parser.parse_args(argv)
     config = load_config()
     conf = ab_conf(args)
     conf.setdefault("model", config.benchmark.models[0])
-    try:
-        ab.parse_ab(conf, config)  # bad input named before Airflow starts
-    except ConfigError as exc:
-        print(f"embench ab: {exc}", file=sys.stderr)
-        return trigger.EXIT_BAD_INPUT
+    conf.setdefault("candidate", _side("onnx/int8", None, []))  # the known answer: faster
+    ab.parse_ab(conf, config)  # bad input named (exit 2) before Airflow starts
     env = airflow_environment()
     os.environ.update(env)  # before Airflow is imported
     started = time.monotonic()
@@ -112,38 +139,16 @@ def ab_main(argv: list[str] | None = None) -> int:
     return trigger.EXIT_REGRESSED if slower else trigger.EXIT_OK
 
 
-def trigger_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="embench trigger",
-        description=trigger.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--url", help="Airflow's API server (default: $EMBENCH_AIRFLOW_URL)")
-    parser.add_argument(
-        "--dag", default=trigger.DAG_ID, help=f"{trigger.DAG_ID} (default) or {AB_DAG_ID}"
-    )
-    parser.add_argument("--conf", help="the run's params as JSON (merged under the options)")
-    parser.add_argument("--models", help="comma-separated model ids (benchmark DAG)")
-    parser.add_argument("--variants", help="comma-separated variants (benchmark DAG)")
-    parser.add_argument("--scenarios", help="comma-separated scenario names (benchmark DAG)")
-    ab_group = parser.add_argument_group(f"A/B ({AB_DAG_ID})")
-    add_ab_options(ab_group)  # type: ignore[arg-type]
-    parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait (3600)")
-    parser.add_argument("--poll", type=float, default=5.0, help="seconds between polls (5)")
-    parser.add_argument("--note", help="a note on the run (e.g. the pipeline's build URL)")
-    args = parser.parse_args(argv)
+def cmd_trigger(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per poll otherwise
     try:
         conf = json.loads(args.conf) if args.conf else {}
     except json.JSONDecodeError as exc:
-        print(f"embench trigger: --conf is not JSON: {exc}", file=sys.stderr)
-        return trigger.EXIT_BAD_INPUT
+        raise ConfigError(f"--conf is not JSON: {exc}") from None
     if args.dag == AB_DAG_ID:
         conf.update(ab_conf(args))
     else:
-        for key in ("models", "variants", "scenarios"):
-            if value := getattr(args, key):
-                conf[key] = [v.strip() for v in value.split(",") if v.strip()]
+        conf.update(selection_conf(args))
         conf.setdefault("fail_on_regression", False)  # the gate reads the verdicts itself
     api = trigger.AirflowApi.from_env(args.url)
     try:
