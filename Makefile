@@ -50,8 +50,16 @@ images:
 # caches per host, so an unchanged night costs a fingerprint (about 1 s) per target.
 RUN_ARGS ?= --models all-minilm-l6-v2 --variants fp32,int8 --scenarios closed-c1,closed-c16 \
 	--no-autotune
+# The image build's output (hundreds of lines, a few seconds when cached) goes to a log under
+# the data dir; its [images] lines are shown, and its last lines when it fails.
 run: setup
-	scripts/docker/build_images.sh
+	@log="$$($(BIN)/python -c 'from embench.paths import data_dir; print(data_dir())')/logs/build-images.log"; \
+	mkdir -p "$$(dirname "$$log")"; \
+	if scripts/docker/build_images.sh >"$$log" 2>&1; then \
+		grep '^\[images\]' "$$log"; echo "[images] build output: $$log"; \
+	else \
+		tail -n 30 "$$log"; echo "[images] the build failed; its output: $$log"; exit 1; \
+	fi
 	$(BIN)/embench run $(RUN_ARGS)
 
 test: setup $(CHECKOV) images

@@ -44,6 +44,15 @@ PHASES = {
     "stop_server": "stopping server",
     "store_results": "storing",
 }
+DONE = {
+    "prepare_model": "prepared",
+    "ship_to_host": "shipped",
+    "tune_server": "tuned",
+    "start_server": "server up",
+    "run_benchmark": "measured",
+    "stop_server": "server stopped",
+    "store_results": "stored",
+}
 TAIL_LINES = 30
 # Airflow's listener marker (airflow.listeners.hookimpl is this one): pluggy's, so that this
 # module imports no Airflow before the log file takes the output (Airflow configures its logs
@@ -76,6 +85,7 @@ class Row:
     state: str = "waiting"
     detail: str = ""
     grouped: bool = False
+    failed_in: str | None = None
     started: float | None = None
     ended: float | None = None
 
@@ -89,7 +99,6 @@ class Row:
 class TaskRun:
     """One try of one task: where its lines are in the log file."""
 
-    row: str
     task_id: str
     map_index: int
     started: float
@@ -111,6 +120,7 @@ class RunView:
     group_sources: dict[str, str] = field(default_factory=dict)
     running: dict[tuple[str, int], TaskRun] = field(default_factory=dict)
     failures: list[TaskRun] = field(default_factory=list)
+    group_ends: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -123,20 +133,34 @@ class RunView:
             else:
                 for source in group_sources(group):
                     self.group_sources[source] = group.group_id
+                group_ids = {t for t in self.dag.task_dict if t.startswith(f"{group.group_id}.")}
+                if not task.downstream_task_ids & group_ids:
+                    self.group_ends.add(task_id.rsplit(".", 1)[-1])
+
+    def log_end(self) -> int:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
 
     # ---- keys and labels
 
     def row_key(self, task_id: str, map_index: int) -> str:
         group = mapped_group(self.dag.task_dict[task_id])
-        if group is None or map_index < 0:
+        if group is None:
             return task_id
-        return f"{group.group_id}[{map_index}]"
+        # map index -1: the group never expanded (what it maps over failed): one row for it
+        return group.group_id if map_index < 0 else f"{group.group_id}[{map_index}]"
 
     def row_for(self, task_id: str, map_index: int) -> Row:
         key = self.row_key(task_id, map_index)
         if key not in self.rows:  # an expansion the view was not told of (see `expanded`)
             group = key.split("[", 1)[0]
-            self.rows[key] = Row(key, (self.group_depth(group), map_index), grouped=True)
+            order = (self.group_depth(group), max(map_index, 0))
+            self.rows[key] = Row(key, order, grouped=True)
         return self.rows[key]
 
     def group_depth(self, group: str) -> int:
@@ -163,66 +187,68 @@ class RunView:
 
     def task_running(self, task_id: str, map_index: int, try_number: int) -> None:
         now = time.monotonic()
+        short = task_id.rsplit(".", 1)[-1]
         with self.lock:
             row = self.row_for(task_id, map_index)
-            short = task_id.rsplit(".", 1)[-1]
-            grouped = row.grouped
-            row.state = "running"
-            row.detail = PHASES.get(short, short) if grouped else ""
+            if row.grouped:
+                phase = PHASES.get(short, short)
+                row.detail = f"in {row.failed_in}; {phase}" if row.failed_in else phase
             if try_number > 1:
                 row.detail = f"{row.detail} (try {try_number})".strip()
-            if row.started is None:
-                row.started = now
+            row.state = "failed" if row.failed_in else "running"
+            row.started = now if row.started is None else row.started
             row.ended = None
-            self.running[(task_id, map_index)] = TaskRun(
-                self.row_key(task_id, map_index), task_id, map_index, now, log_size(self.log_path)
-            )
+            self.running[(task_id, map_index)] = TaskRun(task_id, map_index, now, self.log_end())
         if not self.live:
-            what = f"{short} running" if grouped else "running"
-            if try_number > 1:
-                what += f" (try {try_number})"
-            self.say(f"{row.name}: {what}")
+            what = f"{PHASES.get(short, short)} ({short})" if row.grouped else "running"
+            self.say(f"{row.name}: {what}" + (f" (try {try_number})" if try_number > 1 else ""))
 
     def task_ended(self, task_id: str, map_index: int, state: str) -> None:
         now = time.monotonic()
+        short = task_id.rsplit(".", 1)[-1]
         with self.lock:
             row = self.row_for(task_id, map_index)
-            short = task_id.rsplit(".", 1)[-1]
-            grouped = row.grouped
             run = self.running.pop((task_id, map_index), None)
-            took = f" in {now - run.started:.1f} s" if run else ""
             if run is not None:
-                run.log_to = log_size(self.log_path)
-            if state == "up_for_retry":
-                row.state, row.detail = "retrying", f"{short} failed, retrying"
-            elif state == "failed":
-                row.state, row.detail, row.ended = "failed", (f"in {short}" if grouped else ""), now
+                run.log_to = self.log_end()
+            if state == "failed":
                 if run is not None:
                     self.failures.append(run)
-            elif grouped and short != last_task_of(self.dag, task_id) and state == "success":
-                row.state, row.detail = "running", f"{PHASES.get(short, short)}: done"
-            elif grouped and state == "success":
-                row.state, row.detail, row.ended = "success", "", now
+                row.failed_in = row.failed_in or short
+            if row.failed_in and row.grouped:  # a teardown after the failure keeps it failed
+                row.state, row.detail, row.ended = "failed", f"in {row.failed_in}", now
+            elif state == "up_for_retry":
+                row.state, row.detail = "retrying", f"{short} failed, retrying"
+            elif row.grouped and short not in self.group_ends:
+                row.state, row.detail = "waiting", DONE.get(short, f"{short} done")
             else:
                 row.state, row.ended = state, now
-                if not grouped:
-                    row.detail = ""
+                row.detail = ""
         if not self.live:
-            self.say(f"{row.name}: {short + ' ' if grouped else ''}{state}{took}")
+            took = f" in {now - run.started:.1f} s" if run is not None else ""
+            said = "failed, retrying" if state == "up_for_retry" else state
+            self.say(f"{row.name}: {short + ' ' if row.grouped else ''}{said}{took}")
 
     def finish(self, states: list[tuple[str, int, str]]) -> None:
-        """The run ended: rows never reached by a listener call take their final state."""
+        """The run ended: (task id, map index, state) of its task instances. Rows that no
+        listener call finished (upstream failed, skipped by the scheduler loop) take theirs."""
+        now = time.monotonic()
         with self.lock:
             for task_id, map_index, state in states:
                 if task_id not in self.dag.task_dict:
                     continue
                 row = self.row_for(task_id, map_index)
-                if row.state == "waiting" and state in FINISHED:
+                if row.state not in ("waiting", "running", "retrying"):
+                    continue
+                if state in FINISHED - {"success"}:
                     row.state = state
-                    if not self.live:
-                        self.say(f"{row.name}: {state}")
-                elif row.state in ("running", "retrying") and state in FINISHED - {"success"}:
-                    row.state, row.ended = state, row.ended or time.monotonic()
+                elif state == "success" and row.started is None:
+                    row.state = state  # marked, not run
+                else:
+                    continue
+                row.ended = now if row.started is not None else None
+                if not self.live:
+                    self.say(f"{row.name}: {state.replace('_', ' ')}")
 
     # ---- output
 
@@ -256,18 +282,24 @@ class RunView:
         return Group(head, table)
 
     def failure_tail(self, lines: int = TAIL_LINES) -> tuple[str, list[str]]:
-        """The first task that failed for good and its last log lines (the whole file's last
-        lines when none did: the run itself failed)."""
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        """The first task that failed for good and its try's last log lines; ("", the log's
+        last lines) when none did (the run itself failed)."""
         if not self.failures:
-            return "", text.splitlines()[-lines:]
+            return "", whole_log_tail(self.log_path, lines)
         run = self.failures[0]
-        raw = self.log_path.read_bytes()[run.log_from : run.log_to]
+        with self.log_path.open("rb") as log:
+            log.seek(run.log_from)
+            raw = log.read((run.log_to or self.log_end()) - run.log_from)
         name = run.task_id if run.map_index < 0 else f"{run.task_id}[{run.map_index}]"
         return name, raw.decode("utf-8", errors="replace").splitlines()[-lines:]
+
+
+def whole_log_tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    return text.splitlines()[-lines:]
 
 
 class Listener:
@@ -325,16 +357,6 @@ def group_sources(group: Any) -> list[str]:
     return [op.task_id for op, _ in group._expand_input.iter_references()]
 
 
-def last_task_of(dag: Any, task_id: str) -> str:
-    """The short id of the group's last task (the one no other task of the group follows)."""
-    group = mapped_group(dag.task_dict[task_id])
-    members = [t for t in dag.task_dict.values() if mapped_group(t) is group]
-    ids = {t.task_id for t in members}
-    ends = [t for t in members if not (t.downstream_task_ids & ids)]
-    deepest = max(ends, key=lambda t: task_depths(dag)[t.task_id])
-    return deepest.task_id.rsplit(".", 1)[-1]
-
-
 def task_depths(dag: Any) -> dict[str, int]:
     """Each task's longest distance from a root: the view's top-to-bottom order."""
     depths: dict[str, int] = {}
@@ -357,16 +379,6 @@ def target_label(item: Any) -> str:
     if (item.get("repetition") or 1) > 1:
         parts.append(f"#{item['repetition']}")
     return " ".join(parts)
-
-
-def log_size(path: Path) -> int:
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 # ---- the log file and the view around a run

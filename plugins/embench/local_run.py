@@ -1,7 +1,9 @@
 """`embench run`: the whole DAG once, on this machine, the way `airflow dags test` runs it:
 an embedded Airflow home (SQLite metadata) under the data dir, the local provisioner, the
-SQLite results store unless EMBENCH_DB_URL says otherwise. Prints the comparison table and
-the report's path."""
+SQLite results store unless EMBENCH_DB_URL says otherwise. Shows the task graph live (each
+task and each target's group: preparing, serving, measuring, with elapsed time) while
+Airflow's own logs go to a file whose path it prints; then the comparison table and the
+report's path, and on failure the failing task's last log lines."""
 
 from __future__ import annotations
 
@@ -12,14 +14,17 @@ import shutil
 import subprocess
 import sys
 import time
+import traceback
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from embench.paths import data_dir
 
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from embench.live_view import RunView
     from embench.report.runtimes import ModelComparison
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -105,8 +110,8 @@ def conf_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return conf
 
 
-def run_dag(conf: dict[str, Any], dag_id: str = DAG_ID) -> tuple[str, str]:
-    """Parse the DAG folder, run the DAG once; returns (state, run_id)."""
+def load_dag(dag_id: str = DAG_ID) -> Any:
+    """Parse the DAG folder; the DAG `dag_id`."""
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
@@ -114,9 +119,49 @@ def run_dag(conf: dict[str, Any], dag_id: str = DAG_ID) -> tuple[str, str]:
         for path, error in bag.import_errors.items():
             sys.stderr.write(f"{path}: {error}\n")
         raise SystemExit("embench run: the DAG folder does not import")
-    dag = bag.get_dag(dag_id)
-    dag_run = dag.test(run_conf=conf, logical_date=None)
+    return bag.get_dag(dag_id)
+
+
+def run_dag(conf: dict[str, Any], dag_id: str = DAG_ID) -> tuple[str, str]:
+    """Parse the DAG folder, run the DAG once; returns (state, run_id)."""
+    dag_run = load_dag(dag_id).test(run_conf=conf, logical_date=None)
     return str(dag_run.state), str(dag_run.run_id)
+
+
+def run_log_path() -> Path:
+    """Where a local run's Airflow logs go: known before the run (and its id) exists."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return data_dir() / "logs" / f"embench-run-{stamp}-{os.getpid()}.log"
+
+
+def run_with_view(
+    conf: dict[str, Any], terminal: IO[str], log_path: Path
+) -> tuple[str, str, RunView]:
+    """Run the DAG once with the live view on `terminal` (fds 1 and 2 are the log file's
+    meanwhile); returns (state, run_id, the view)."""
+    from embench import live_view
+
+    dag = load_dag()
+    view = live_view.dag_view(dag, terminal, log_path)
+    with live_view.showing(view):
+        dag_run = dag.test(run_conf=conf, logical_date=None)
+        view.finish(
+            [(ti.task_id, ti.map_index, str(ti.state)) for ti in dag_run.get_task_instances()]
+        )
+    return str(dag_run.state), str(dag_run.run_id), view
+
+
+def print_failure(view: RunView | None, log_path: Path) -> None:
+    """The failing task's last log lines (the log's last ones when no task failed)."""
+    from embench.console import stdout as console
+    from embench.live_view import TAIL_LINES, whole_log_tail
+
+    task, lines = view.failure_tail() if view is not None else ("", whole_log_tail(log_path))
+    where = f"{task}'s log" if task else "the log"
+    console.rule(f"the last {len(lines)} lines of {where}", style="red")
+    for line in lines[-TAIL_LINES:]:
+        console.out(line, highlight=False)
+    console.rule(style="red")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,10 +187,36 @@ def main(argv: list[str] | None = None) -> int:
 
     env = airflow_environment()
     os.environ.update(env)  # before Airflow is imported
+    from embench import live_view
+    from embench.console import stdout as console  # made (terminal or not) before the redirect
+
+    log_path = run_log_path()
+    console.print(f"Airflow's logs: {log_path}", highlight=False, soft_wrap=True)
     started = time.monotonic()
-    prepare_airflow(env)
-    state, run_id = run_dag(conf_from_args(args))
+    view: RunView | None = None
+    state, run_id = "failed", ""
+    failure: BaseException | None = None
+    with live_view.logs_to_file(log_path) as terminal:  # Airflow is imported in here
+        try:
+            prepare_airflow(env)
+            state, run_id, view = run_with_view(conf_from_args(args), terminal, log_path)
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # said once it is closed
+            traceback.print_exc()  # into the log
+            failure = exc
+    if isinstance(failure, KeyboardInterrupt):
+        console.print(f"embench run: interrupted; Airflow's logs: {log_path}", highlight=False)
+        return 130
+    if failure is not None:
+        print_failure(view, log_path)
+        console.print(
+            f"embench run: {type(failure).__name__}: {failure}", highlight=False, soft_wrap=True
+        )
+        console.print(f"Airflow's logs: {log_path}", highlight=False, soft_wrap=True)
+        return 1
     print_summary(run_id, state, time.monotonic() - started)
+    if not state.endswith("success"):
+        print_failure(view, log_path)
+    console.print(f"Airflow's logs: {log_path}", highlight=False, soft_wrap=True)
     return 0 if state.endswith("success") else 1
 
 
