@@ -95,12 +95,11 @@ def _template_path(pools: list[str]) -> Path:
 
 
 def conf_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    conf: dict[str, Any] = {}
-    for key in ("models", "runtimes", "variants", "scenarios"):
-        value = getattr(args, key)
-        if value:
-            conf[key] = [v.strip() for v in value.split(",") if v.strip()]
-    for key in ("repetitions", "provisioner", "launcher"):
+    """The DAG params `embench run`'s options give (embench.cli.pipeline defines them)."""
+    from embench.cli.options import selection_conf
+
+    conf: dict[str, Any] = selection_conf(args)
+    for key in ("repetitions", "provisioner"):
         if getattr(args, key) is not None:
             conf[key] = getattr(args, key)
     if args.fail_on_regression:
@@ -164,27 +163,8 @@ def print_failure(view: RunView | None, log_path: Path) -> None:
     console.rule(style="red")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="embench run", description=__doc__)
-    parser.add_argument("--models", help="comma-separated model ids (default: benchmark.yaml)")
-    parser.add_argument(
-        "--runtimes", help="comma-separated: onnx, torch, openvino (default: each model's)"
-    )
-    parser.add_argument("--variants", help="comma-separated variants (default: each runtime's)")
-    parser.add_argument("--scenarios", help="comma-separated scenario names (default: all)")
-    parser.add_argument("--repetitions", type=int)
-    parser.add_argument("--provisioner", choices=["local", "ssh", "ec2"])
-    parser.add_argument("--launcher", choices=["auto", "docker", "process"])
-    parser.add_argument("--fail-on-regression", action="store_true")
-    parser.add_argument(
-        "--autotune",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="tune the server's settings for this host before each target "
-        "(default: benchmark.yaml's autotune.enabled; cached per host fingerprint)",
-    )
-    args = parser.parse_args(argv)
-
+def main(args: argparse.Namespace) -> int:
+    """`embench run`, with the options embench.cli.pipeline parsed."""
     env = airflow_environment()
     os.environ.update(env)  # before Airflow is imported
     from embench import live_view

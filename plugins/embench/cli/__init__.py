@@ -11,18 +11,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from embench.cli.pipeline import PASSTHROUGH
 from embench.errors import ConfigError, EmbenchError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    # `run` hands its options to the module that defines them.
-    args, extra = parser.parse_known_args(argv)
-    if args.command in PASSTHROUGH:
-        args.args = extra
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -1,5 +1,5 @@
 """`embench prepare`, `run`, `bench`, `check-config` and `host-pools`: the pipeline on this
-machine. `run` hands its options to embench.local_run, which defines them."""
+machine."""
 
 from __future__ import annotations
 
@@ -10,13 +10,17 @@ from typing import Any
 
 from rich.table import Table
 
-from embench.cli.options import add_db_url, add_json, name_list, variant_list
+from embench.cli.options import (
+    add_db_url,
+    add_json,
+    add_launcher,
+    add_selection,
+    name_list,
+    variant_list,
+)
 from embench.config import ALL_VARIANTS, RUNTIME_VARIANTS, load_config
 from embench.console import stdout
 from embench.errors import EmbenchError
-
-# Commands whose options the module they hand to defines.
-PASSTHROUGH = ("run",)
 
 
 def add_commands(commands: Any) -> None:
@@ -40,7 +44,25 @@ def add_commands(commands: Any) -> None:
     prepare.set_defaults(handler=_cmd_prepare)
 
     run = commands.add_parser(
-        "run", add_help=False, help="run the whole DAG once on this machine (see run --help)"
+        "run",
+        help="run the whole DAG once on this machine",
+        description="The whole DAG once, on this machine, the way `airflow dags test` runs it: "
+        "an embedded Airflow home (SQLite metadata) under the data dir, the local provisioner, "
+        "the SQLite results store unless EMBENCH_DB_URL says otherwise. Prints the task graph "
+        "as it runs, the comparison table and the report's path; Airflow's own logs go to a "
+        "file.",
+    )
+    add_selection(run)
+    run.add_argument("--repetitions", type=int)
+    run.add_argument("--provisioner", choices=["local", "ssh", "ec2"])
+    add_launcher(run)
+    run.add_argument("--fail-on-regression", action="store_true")
+    run.add_argument(
+        "--autotune",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="tune the server's settings for this host before each target "
+        "(default: benchmark.yaml's autotune.enabled; cached per host fingerprint)",
     )
     run.set_defaults(handler=_cmd_run)
 
@@ -70,7 +92,7 @@ def add_commands(commands: Any) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from embench.local_run import main as run_main
 
-    return run_main(args.args)
+    return run_main(args)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
