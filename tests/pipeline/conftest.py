@@ -51,8 +51,22 @@ def write_short_config(
 @dataclass
 class LocalRun:
     returncode: int
-    output: str
+    terminal: str  # what the command printed (stdout, then stderr)
     data_dir: Path
+
+    @property
+    def airflow_log(self) -> str:
+        """The file `embench run` sends Airflow's own logs to (its path: the first line)."""
+        first = self.terminal.splitlines()[0] if self.terminal else ""
+        path = Path(first.removeprefix("Airflow's logs: ").strip())
+        if not first.startswith("Airflow's logs: ") or not path.is_file():
+            return ""
+        return path.read_text(errors="replace")
+
+    @property
+    def output(self) -> str:
+        """What the command printed, then Airflow's log: all a test may look for."""
+        return self.terminal + "\n" + self.airflow_log
 
     def run_id(self) -> str:
         """The DAG run id from the summary line `embedding_benchmark <run_id>: <state> in`."""
