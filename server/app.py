@@ -127,13 +127,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
         except ValueError:
             raise ApiError(400, "invalid Content-Length header", param="content-length") from None
         if size > limit:
-            raise ApiError(
-                413,
-                f"the body has {size} bytes; at most {limit} are allowed",
-                param="body",
-                code="body_too_large",
-                headers={"Connection": "close"},
-            )
+            raise _body_too_large(f"the body has {size} bytes; at most {limit} are allowed")
     # ASGI messages straight from receive(): a small body is one message.
     chunks: list[bytes] = []
     received = 0
@@ -146,15 +140,15 @@ async def _read_body(request: Request, limit: int) -> bytes:
         more = message.get("more_body", False)
         received += len(chunk)
         if received > limit:
-            raise ApiError(
-                413,
-                f"the body exceeds {limit} bytes",
-                param="body",
-                code="body_too_large",
-                headers={"Connection": "close"},
-            )
+            raise _body_too_large(f"the body exceeds {limit} bytes")
         chunks.append(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _body_too_large(message: str) -> ApiError:
+    return ApiError(
+        413, message, param="body", code="body_too_large", headers={"Connection": "close"}
+    )
 
 
 def create_app(settings: ServerSettings, *, loader: Loader | None = None) -> FastAPI:

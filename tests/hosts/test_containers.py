@@ -21,23 +21,9 @@ from embench.launch.docker_server import (
     start_server_container,
     sweep_stale_containers,
 )
-from embench.launch.site import docker_api
+from tests.hosts.conftest import BASE_IMAGE, DOCKER_URL
 
 pytestmark = pytest.mark.docker
-BASE_IMAGE = "embench-base:bookworm"
-DOCKER_URL = "unix:///var/run/docker.sock"
-
-
-@pytest.fixture(scope="module")
-def cli():
-    try:
-        client = docker_api(DOCKER_URL)
-        client.ping()
-    except Exception as exc:  # any failure: no daemon to test against
-        pytest.skip(f"no Docker daemon: {exc}")
-    if not client.images(name=BASE_IMAGE):
-        pytest.skip(f"no {BASE_IMAGE} (scripts/docker/build_base_image.sh)")
-    return client
 
 
 @pytest.fixture

@@ -35,24 +35,12 @@ from embench.launch.docker_server import (
     start_server_container,
 )
 from embench.launch.host_probe import PROBE_COMMAND
-from embench.launch.site import DockerSite, docker_api
+from embench.launch.site import DockerSite
 from embench.tuning import TOKENIZER_FILE, tuning_scenarios
+from tests.hosts.conftest import BASE_IMAGE, DOCKER_URL
 
 pytestmark = pytest.mark.docker
-DOCKER_URL = "unix:///var/run/docker.sock"
-BASE_IMAGE = "embench-base:bookworm"
 MODEL = "all-minilm-l6-v2"
-
-
-@pytest.fixture(scope="module")
-def cli():
-    try:
-        client = docker_api(DOCKER_URL)
-        client.ping()
-    except Exception as exc:  # any failure: no daemon to test against
-        pytest.skip(f"no Docker daemon: {exc}")
-    yield client
-    client.close()
 
 
 @pytest.fixture
